@@ -1,0 +1,146 @@
+//! The command line, following cargo's conventions: `-p`, `--manifest-path`,
+//! `--release`, `--features`, `--target-dir`, `--color`, `--test NAME`, and trailing
+//! test-name filters. Every `[package.metadata.hangcheck]` key has a flag here, and a
+//! flag wins over the key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Cargo runs `cargo-hangcheck hangcheck ARGS`; so does the in-repo alias.
+#[derive(Parser, Debug)]
+#[command(name = "cargo", bin_name = "cargo", styles = clap::builder::Styles::styled())]
+pub enum CargoCli {
+    /// Finds hangs and leaks in a tokio server while its end-to-end tests run.
+    Hangcheck(Hangcheck),
+}
+
+/// Finds hangs and leaks in a tokio server while its end-to-end tests run.
+#[derive(Args, Debug)]
+#[command(version, about, long_about = None)]
+pub struct Hangcheck {
+    /// Coloring: auto, always, never (auto honours NO_COLOR and CLICOLOR_FORCE).
+    #[arg(long, value_enum, global = true, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    pub color: ColorWhen,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build and start the server, run its E2E tests one at a time, report what leaks.
+    Test(TestArgs),
+}
+
+/// When to use colour.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColorWhen {
+    /// Colour when stdout is a terminal and NO_COLOR is unset.
+    Auto,
+    /// Always colour.
+    Always,
+    /// Never colour.
+    Never,
+}
+
+/// Which package, and how cargo builds it.
+#[derive(Args, Debug, Default, Clone)]
+pub struct PackageArgs {
+    /// The package whose server and tests to run.
+    #[arg(short = 'p', long = "package", value_name = "SPEC", help_heading = "Package Selection")]
+    pub package: Option<String>,
+    /// Path to Cargo.toml.
+    #[arg(long, value_name = "PATH", help_heading = "Manifest Options")]
+    pub manifest_path: Option<PathBuf>,
+    /// Build in release mode.
+    #[arg(short = 'r', long, help_heading = "Compilation Options")]
+    pub release: bool,
+    /// Space or comma separated features to activate.
+    #[arg(short = 'F', long, value_name = "FEATURES", help_heading = "Feature Selection")]
+    pub features: Vec<String>,
+    /// Activate all features.
+    #[arg(long, help_heading = "Feature Selection")]
+    pub all_features: bool,
+    /// Do not activate the `default` feature.
+    #[arg(long, help_heading = "Feature Selection")]
+    pub no_default_features: bool,
+    /// Directory for all generated artifacts (hangcheck builds in `<DIR>/hangcheck`).
+    #[arg(long, value_name = "DIRECTORY", help_heading = "Compilation Options")]
+    pub target_dir: Option<PathBuf>,
+    /// Build the server without `--cfg tokio_unstable` (hangcheck then sees only named
+    /// spawns).
+    #[arg(long, help_heading = "Compilation Options")]
+    pub stable: bool,
+}
+
+/// `cargo hangcheck test`.
+#[derive(Args, Debug, Default)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub package: PackageArgs,
+
+    /// Test target(s) holding the E2E tests [config: tests; default: all test targets].
+    #[arg(long = "test", value_name = "NAME", help_heading = "Target Selection")]
+    pub tests: Vec<String>,
+    /// The server's bin target [config: server.bin].
+    #[arg(long = "bin", value_name = "NAME", help_heading = "Server")]
+    pub bin: Option<String>,
+    /// An argument for the server; repeat for more [config: server.args].
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true, help_heading = "Server")]
+    pub server_args: Vec<String>,
+    /// An environment variable for the server, KEY=VALUE; repeat for more [config: server.env].
+    #[arg(long = "server-env", value_name = "KEY=VALUE", value_parser = parse_env, help_heading = "Server")]
+    pub server_env: Vec<(String, String)>,
+    /// What makes the server ready: `announce` (hello and an announced address) or
+    /// `hello` [config: server.ready; default: announce].
+    #[arg(long, value_enum, value_name = "WHEN", help_heading = "Server")]
+    pub ready: Option<Ready>,
+
+    /// Time for one test before it counts as hung [config: test-timeout; default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
+    pub test_timeout: Option<Duration>,
+    /// Time for the server to build nothing more and say hello [config: startup-timeout; default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
+    pub startup_timeout: Option<Duration>,
+    /// Time the server gets after SIGTERM before it is a shutdown hang [config: shutdown-grace; default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
+    pub shutdown_grace: Option<Duration>,
+    /// Longest wait for task counts to come back down after a test [config: settle; default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
+    pub settle: Option<Duration>,
+
+    /// Live tasks a group may gain over the run before it is a leak [config: leaks.allow-growth; default: 0].
+    #[arg(long, value_name = "N", help_heading = "Leak Policy")]
+    pub allow_growth: Option<u64>,
+    /// A group name or location prefix never judged; repeat for more [config: leaks.ignore].
+    #[arg(long, value_name = "PREFIX", help_heading = "Leak Policy")]
+    pub ignore: Vec<String>,
+
+    /// Run only tests whose name contains one of these.
+    #[arg(value_name = "TESTNAME")]
+    pub filters: Vec<String>,
+}
+
+/// What makes the server ready for the first test.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ready {
+    /// The agent's hello.
+    Hello,
+    /// Hello and at least one announced address.
+    Announce,
+}
+
+/// Parses "30s", "1m 30s", "250ms".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like \"30s\" or \"250ms\": {e}"))
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}

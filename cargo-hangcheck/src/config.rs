@@ -1,0 +1,312 @@
+//! The run's configuration: `[package.metadata.hangcheck]` over
+//! `[workspace.metadata.hangcheck]`, read through `cargo metadata`, with every key
+//! overridable by its CLI flag. Unknown keys and malformed values are errors that name the
+//! key, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cargo_metadata::{Metadata, MetadataCommand, Package, TargetKind};
+use serde::Deserialize;
+
+use crate::cli::{parse_duration, PackageArgs, Ready, TestArgs};
+use crate::errors::SetupError;
+
+/// The metadata table, as written in Cargo.toml.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    server: Option<ServerTable>,
+    tests: Option<Vec<String>>,
+    test_timeout: Option<String>,
+    startup_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+    settle: Option<String>,
+    leaks: Option<LeaksTable>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ServerTable {
+    bin: Option<String>,
+    args: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
+    ready: Option<Ready>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct LeaksTable {
+    allow_growth: Option<u64>,
+    ignore: Option<Vec<String>>,
+}
+
+/// Everything a `test` run needs to know, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The package under test.
+    pub package: String,
+    /// Its manifest.
+    pub manifest_path: PathBuf,
+    /// Its directory; tests run there, as under `cargo test`.
+    pub package_dir: PathBuf,
+    /// Where hangcheck builds and writes runs: `<target-dir>/hangcheck`.
+    pub hangcheck_dir: PathBuf,
+    /// How cargo builds.
+    pub build: PackageArgs,
+    /// The server's bin target.
+    pub server_bin: String,
+    /// Its arguments.
+    pub server_args: Vec<String>,
+    /// Extra environment for it.
+    pub server_env: Vec<(String, String)>,
+    /// What makes it ready.
+    pub ready: Ready,
+    /// The test targets to run.
+    pub test_targets: Vec<String>,
+    /// Test-name filters (substring match); empty runs all.
+    pub filters: Vec<String>,
+    /// Per-test timeout.
+    pub test_timeout: Duration,
+    /// Time for the server to say hello.
+    pub startup_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL for the server.
+    pub shutdown_grace: Duration,
+    /// Longest settle wait after a test.
+    pub settle: Duration,
+    /// Live-count growth a group may have before it is a leak.
+    pub allow_growth: u64,
+    /// Group names or location prefixes never judged.
+    pub ignore: Vec<String>,
+}
+
+impl Config {
+    /// Reads the manifest and merges the CLI over it.
+    pub fn resolve(args: &TestArgs) -> Result<Config, SetupError> {
+        let mut cmd = MetadataCommand::new();
+        cmd.no_deps();
+        if let Some(path) = &args.package.manifest_path {
+            cmd.manifest_path(path);
+        }
+        let metadata = cmd.exec()?;
+        let package = select_package(&metadata, args.package.package.as_deref())?;
+
+        let workspace_table = table(&metadata.workspace_metadata, "[workspace.metadata.hangcheck]")?;
+        let package_table = table(&package.metadata, "[package.metadata.hangcheck]")?;
+        let file = merge(workspace_table, package_table);
+        let server = file.server.unwrap_or_default();
+        let leaks = file.leaks.unwrap_or_default();
+
+        let bins: Vec<&str> =
+            package.targets.iter().filter(|t| t.kind.contains(&TargetKind::Bin)).map(|t| t.name.as_str()).collect();
+        let server_bin = match args.bin.clone().or(server.bin) {
+            Some(bin) if bins.contains(&bin.as_str()) => bin,
+            Some(bin) => {
+                return Err(SetupError::Config(format!(
+                    "package `{}` has no bin target `{bin}` (it has: {}); set server.bin in [package.metadata.hangcheck] or pass --bin",
+                    package.name,
+                    list_or_none(&bins)
+                )))
+            }
+            None if bins.len() == 1 => bins[0].to_owned(),
+            None => {
+                return Err(SetupError::Config(format!(
+                    "package `{}` has {} bin targets ({}); say which is the server with server.bin in [package.metadata.hangcheck] or --bin",
+                    package.name,
+                    bins.len(),
+                    list_or_none(&bins)
+                )))
+            }
+        };
+
+        let test_kinds: Vec<&str> =
+            package.targets.iter().filter(|t| t.kind.contains(&TargetKind::Test)).map(|t| t.name.as_str()).collect();
+        let test_targets = if !args.tests.is_empty() { args.tests.clone() } else { file.tests.unwrap_or_default() };
+        for t in &test_targets {
+            if !test_kinds.contains(&t.as_str()) {
+                return Err(SetupError::Config(format!(
+                    "package `{}` has no test target `{t}` (it has: {})",
+                    package.name,
+                    list_or_none(&test_kinds)
+                )));
+            }
+        }
+        let test_targets =
+            if test_targets.is_empty() { test_kinds.iter().map(|s| s.to_string()).collect() } else { test_targets };
+        if test_targets.is_empty() {
+            return Err(SetupError::Config(format!(
+                "package `{}` has no test targets: put the E2E tests in tests/*.rs",
+                package.name
+            )));
+        }
+
+        let mut server_env: Vec<(String, String)> = server.env.unwrap_or_default().into_iter().collect();
+        for (k, v) in &args.server_env {
+            server_env.retain(|(key, _)| key != k);
+            server_env.push((k.clone(), v.clone()));
+        }
+        let mut ignore = leaks.ignore.unwrap_or_default();
+        ignore.extend(args.ignore.iter().cloned());
+
+        let target_dir =
+            args.package.target_dir.clone().unwrap_or_else(|| metadata.target_directory.clone().into_std_path_buf());
+        let manifest_path = package.manifest_path.clone().into_std_path_buf();
+        Ok(Config {
+            package: package.name.to_string(),
+            package_dir: manifest_path.parent().map(PathBuf::from).unwrap_or_default(),
+            manifest_path,
+            hangcheck_dir: target_dir.join("hangcheck"),
+            build: args.package.clone(),
+            server_bin,
+            server_args: if args.server_args.is_empty() {
+                server.args.unwrap_or_default()
+            } else {
+                args.server_args.clone()
+            },
+            server_env,
+            ready: args.ready.or(server.ready).unwrap_or(Ready::Announce),
+            test_targets,
+            filters: args.filters.clone(),
+            test_timeout: duration(args.test_timeout, file.test_timeout, "test-timeout", Duration::from_secs(60))?,
+            startup_timeout: duration(
+                args.startup_timeout,
+                file.startup_timeout,
+                "startup-timeout",
+                Duration::from_secs(30),
+            )?,
+            shutdown_grace: duration(
+                args.shutdown_grace,
+                file.shutdown_grace,
+                "shutdown-grace",
+                Duration::from_secs(5),
+            )?,
+            settle: duration(args.settle, file.settle, "settle", Duration::from_secs(1))?,
+            allow_growth: args.allow_growth.or(leaks.allow_growth).unwrap_or(0),
+            ignore,
+        })
+    }
+
+    /// Whether a group is on the ignore list (by name or location prefix).
+    pub fn ignores(&self, key: &str, location: Option<&str>) -> bool {
+        self.ignore.iter().any(|p| key.starts_with(p.as_str()) || location.is_some_and(|l| l.starts_with(p.as_str())))
+    }
+}
+
+fn select_package<'m>(metadata: &'m Metadata, spec: Option<&str>) -> Result<&'m Package, SetupError> {
+    let members: Vec<&Package> = metadata.workspace_packages();
+    if let Some(spec) = spec {
+        return members.into_iter().find(|p| p.name.as_str() == spec).ok_or_else(|| {
+            SetupError::Config(format!(
+                "package `{spec}` is not a member of the workspace at {}",
+                metadata.workspace_root
+            ))
+        });
+    }
+    if let Some(root) = metadata.root_package() {
+        return Ok(root);
+    }
+    let configured: Vec<&Package> = members.iter().copied().filter(|p| p.metadata.get("hangcheck").is_some()).collect();
+    match configured.as_slice() {
+        [one] => Ok(one),
+        _ => {
+            let names: Vec<&str> = configured.iter().map(|p| p.name.as_str()).collect();
+            Err(SetupError::Config(format!(
+                "the workspace has {} packages with [package.metadata.hangcheck] ({}); choose one with -p",
+                names.len(),
+                list_or_none(&names)
+            )))
+        }
+    }
+}
+
+fn table(value: &serde_json::Value, name: &str) -> Result<FileConfig, SetupError> {
+    match value.get("hangcheck") {
+        None | Some(serde_json::Value::Null) => Ok(FileConfig::default()),
+        Some(v) => FileConfig::deserialize(v).map_err(|e| SetupError::Config(format!("invalid {name}: {e}"))),
+    }
+}
+
+/// The package's keys win over the workspace's, one key at a time.
+fn merge(ws: FileConfig, pkg: FileConfig) -> FileConfig {
+    let server = match (ws.server, pkg.server) {
+        (Some(w), Some(p)) => Some(ServerTable {
+            bin: p.bin.or(w.bin),
+            args: p.args.or(w.args),
+            env: p.env.or(w.env),
+            ready: p.ready.or(w.ready),
+        }),
+        (w, p) => p.or(w),
+    };
+    let leaks = match (ws.leaks, pkg.leaks) {
+        (Some(w), Some(p)) => {
+            Some(LeaksTable { allow_growth: p.allow_growth.or(w.allow_growth), ignore: p.ignore.or(w.ignore) })
+        }
+        (w, p) => p.or(w),
+    };
+    FileConfig {
+        server,
+        tests: pkg.tests.or(ws.tests),
+        test_timeout: pkg.test_timeout.or(ws.test_timeout),
+        startup_timeout: pkg.startup_timeout.or(ws.startup_timeout),
+        shutdown_grace: pkg.shutdown_grace.or(ws.shutdown_grace),
+        settle: pkg.settle.or(ws.settle),
+        leaks,
+    }
+}
+
+fn duration(
+    flag: Option<Duration>,
+    key: Option<String>,
+    name: &str,
+    default: Duration,
+) -> Result<Duration, SetupError> {
+    if let Some(d) = flag {
+        return Ok(d);
+    }
+    match key {
+        None => Ok(default),
+        Some(s) => parse_duration(&s)
+            .map_err(|e| SetupError::Config(format!("invalid `{name}` in [package.metadata.hangcheck]: {e}"))),
+    }
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: serde_json::Value) -> Result<FileConfig, SetupError> {
+        table(&serde_json::json!({ "hangcheck": json }), "[package.metadata.hangcheck]")
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse(serde_json::json!({"test-timout": "3s"})).unwrap_err().to_string();
+        assert!(err.contains("test-timout"), "{err}");
+    }
+
+    #[test]
+    fn package_keys_win_over_workspace_keys_one_by_one() {
+        let ws = parse(serde_json::json!({"settle": "2s", "server": {"bin": "a", "args": ["x"]}})).unwrap();
+        let pkg = parse(serde_json::json!({"server": {"bin": "b"}})).unwrap();
+        let merged = merge(ws, pkg);
+        let server = merged.server.unwrap();
+        assert_eq!(server.bin.as_deref(), Some("b"));
+        assert_eq!(server.args, Some(vec!["x".to_owned()]));
+        assert_eq!(merged.settle.as_deref(), Some("2s"));
+    }
+
+    #[test]
+    fn malformed_duration_names_the_key() {
+        let err = duration(None, Some("soon".into()), "test-timeout", Duration::ZERO).unwrap_err().to_string();
+        assert!(err.contains("test-timeout") && err.contains("soon"), "{err}");
+    }
+}

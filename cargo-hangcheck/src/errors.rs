@@ -1,0 +1,52 @@
+//! Errors that stop a run before it can judge anything. Each renders as one line that
+//! names the cause and, where it helps, what to do next; `detail` carries supporting
+//! lines (the tail of a server log) printed below it.
+
+use std::path::PathBuf;
+
+/// A run could not be set up, or could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The configuration is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// `cargo metadata` failed.
+    #[error("cannot read the cargo manifest: {0}")]
+    Metadata(#[from] cargo_metadata::Error),
+    /// cargo failed to build the server or the tests.
+    #[error("{what} failed ({status}); cargo's errors are above")]
+    Build {
+        /// What was being built.
+        what: String,
+        /// cargo's exit status.
+        status: String,
+    },
+    /// The server did not come up.
+    #[error("{cause}")]
+    Server {
+        /// One line: what happened.
+        cause: String,
+        /// The server log, whose tail is printed below the cause.
+        log: Option<PathBuf>,
+    },
+    /// A process or file could not be created.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Ctrl-C (or SIGTERM) arrived before the run could judge anything.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl SetupError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SetupError {
+        let what = what.into();
+        move |source| SetupError::Io { what, source }
+    }
+}

@@ -1,0 +1,207 @@
+//! The runner's end of the agent connection: a listener in a private directory, the
+//! hello handshake, and requests that always come back within a bound.
+//!
+//! A reader thread owns the read half and sorts what arrives: answers (they carry the
+//! request's `id`) go to the waiting request, events (announcements, protocol errors,
+//! the end of the connection) to an event queue. A request never waits longer than its
+//! timeout, whatever the server does.
+
+use std::io::{BufReader, ErrorKind};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use hangcheck_runtime::protocol::{
+    self, AgentMessage, Announcement, Hello, ProtocolError, RunnerMessage, Snapshot, MAX_AGENT_MESSAGE,
+};
+
+/// Something the agent said (or that happened to the connection) outside an answer.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// The server announced an address.
+    Announce(Announcement),
+    /// The agent sent something that was not a valid message.
+    ProtocolError(String),
+    /// The connection ended.
+    Closed,
+}
+
+/// Why a request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// No answer within the timeout.
+    #[error("the agent did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection is gone.
+    #[error("the connection to the agent is closed")]
+    Closed,
+    /// The agent answered with an error, or with the wrong kind of answer.
+    #[error("the agent answered: {0}")]
+    Agent(String),
+    /// Writing the request failed.
+    #[error("cannot send to the agent: {0}")]
+    Send(#[from] ProtocolError),
+}
+
+/// A listening socket in a fresh private directory, removed when dropped.
+pub struct Listener {
+    listener: UnixListener,
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Listener {
+    /// Creates `hc-XXXXXX/agent.sock` under the temp dir, mode 0700. Unix socket paths
+    /// are limited to 108 bytes, so a long `TMPDIR` falls back to `/tmp`.
+    pub fn bind() -> std::io::Result<Listener> {
+        let mut base = std::env::temp_dir();
+        if base.as_os_str().len() > 60 {
+            base = PathBuf::from("/tmp");
+        }
+        let dir = tempfile::Builder::new().prefix("hc-").tempdir_in(base)?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path)?;
+        listener.set_nonblocking(true)?;
+        Ok(Listener { listener, path, _dir: dir })
+    }
+
+    /// The socket path, for `HANGCHECK_SOCKET`.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Accepts one connection if there is one waiting.
+    pub fn try_accept(&self) -> std::io::Result<Option<UnixStream>> {
+        match self.listener.accept() {
+            Ok((stream, _)) => Ok(Some(stream)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A connection to the agent after a successful hello.
+pub struct AgentLink {
+    writer: UnixStream,
+    answers: Receiver<AgentMessage>,
+    events: Receiver<LinkEvent>,
+    next_id: u64,
+}
+
+impl AgentLink {
+    /// Reads the hello from a freshly accepted stream, within `deadline`, and starts the
+    /// reader thread.
+    pub fn handshake(stream: UnixStream, deadline: Instant) -> Result<(AgentLink, Hello), String> {
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        stream.set_read_timeout(Some(remaining)).map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        let mut buf = Vec::new();
+        let hello = match protocol::read_message::<_, AgentMessage>(&mut reader, &mut buf, MAX_AGENT_MESSAGE) {
+            Ok(AgentMessage::Hello(hello)) => hello,
+            Ok(other) => return Err(format!("the agent's first message was not hello: {other:?}")),
+            Err(ProtocolError::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err("the agent connected but never said hello".into())
+            }
+            Err(e) => return Err(format!("bad hello from the agent: {e}")),
+        };
+        stream.set_read_timeout(None).map_err(|e| e.to_string())?;
+        let (answer_tx, answers) = mpsc::channel();
+        let (event_tx, events) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("agent-link".into())
+            .spawn(move || loop {
+                match protocol::read_message::<_, AgentMessage>(&mut reader, &mut buf, MAX_AGENT_MESSAGE) {
+                    Ok(AgentMessage::Announce(a)) => {
+                        let _ = event_tx.send(LinkEvent::Announce(a));
+                    }
+                    Ok(msg) => {
+                        let _ = answer_tx.send(msg);
+                    }
+                    Err(ProtocolError::Closed | ProtocolError::Io(_)) => {
+                        let _ = event_tx.send(LinkEvent::Closed);
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = event_tx.send(LinkEvent::ProtocolError(e.to_string()));
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok((AgentLink { writer: stream, answers, events, next_id: 1 }, hello))
+    }
+
+    /// Sends a request and waits up to `timeout` for its answer.
+    fn request(
+        &mut self,
+        make: impl FnOnce(u64) -> RunnerMessage,
+        timeout: Duration,
+    ) -> Result<AgentMessage, LinkError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        protocol::write_message(&mut self.writer, &make(id))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.answers.recv_timeout(remaining) {
+                Ok(msg) if answer_id(&msg) == Some(id) => return Ok(msg),
+                Ok(AgentMessage::Error { id: None, message }) => return Err(LinkError::Agent(message)),
+                // An answer to an earlier request that timed out: drop it.
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => return Err(LinkError::Timeout(timeout)),
+                Err(RecvTimeoutError::Disconnected) => return Err(LinkError::Closed),
+            }
+        }
+    }
+
+    /// Asks for a snapshot.
+    pub fn snapshot(&mut self, timeout: Duration) -> Result<Snapshot, LinkError> {
+        match self.request(|id| RunnerMessage::Snapshot { id }, timeout)? {
+            AgentMessage::Snapshot { snapshot, .. } => Ok(snapshot),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts a new epoch in the server.
+    pub fn set_epoch(&mut self, epoch: u64, timeout: Duration) -> Result<(), LinkError> {
+        match self.request(|id| RunnerMessage::Epoch { id, epoch }, timeout)? {
+            AgentMessage::Ack { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Waits up to `timeout` for the next event.
+    pub fn next_event(&self, timeout: Duration) -> Option<LinkEvent> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
+    /// Every event that has already arrived.
+    pub fn drain_events(&self) -> Vec<LinkEvent> {
+        self.events.try_iter().collect()
+    }
+}
+
+impl Drop for AgentLink {
+    fn drop(&mut self) {
+        // Ends the reader thread's blocking read.
+        let _ = self.writer.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn answer_id(msg: &AgentMessage) -> Option<u64> {
+    match msg {
+        AgentMessage::Snapshot { id, .. } | AgentMessage::Ack { id } => Some(*id),
+        AgentMessage::Error { id, .. } => *id,
+        _ => None,
+    }
+}
+
+fn unexpected(msg: AgentMessage) -> LinkError {
+    match msg {
+        AgentMessage::Error { message, .. } => LinkError::Agent(message),
+        other => LinkError::Agent(format!("unexpected answer {other:?}")),
+    }
+}

@@ -1,0 +1,49 @@
+//! `cargo hangcheck`: runs a tokio server's end-to-end tests one at a time, asks the
+//! server after every test what it holds, and names what leaks and what hangs.
+//!
+//! The modules follow the steps of a run (DESIGN.md): [`config`] → [`build`] →
+//! [`server`] (with [`link`], the agent connection) → [`suite`] → [`analysis`] →
+//! [`report`], with [`process`] owning every child's lifecycle and [`rundir`] every
+//! artifact.
+
+mod analysis;
+mod build;
+mod cli;
+mod config;
+mod errors;
+mod exit;
+mod link;
+mod process;
+mod report;
+mod run;
+mod rundir;
+mod server;
+mod signal;
+mod suite;
+
+use clap::Parser;
+use std::panic::AssertUnwindSafe;
+
+use crate::cli::{CargoCli, ColorWhen, Command};
+
+fn main() {
+    let CargoCli::Hangcheck(args) = match CargoCli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    match args.color {
+        ColorWhen::Always => anstream::ColorChoice::Always.write_global(),
+        ColorWhen::Never => anstream::ColorChoice::Never.write_global(),
+        ColorWhen::Auto => {}
+    }
+    // A panic is a bug in hangcheck; unwinding drops every child handle, which kills the
+    // child's process group, so even then nothing is left running.
+    let code = std::panic::catch_unwind(AssertUnwindSafe(|| match &args.command {
+        Command::Test(test) => run::test(test),
+    }))
+    .unwrap_or(exit::INTERNAL);
+    std::process::exit(code);
+}

@@ -1,0 +1,251 @@
+//! Child processes in their own process groups, bounded waits, and the one termination
+//! path.
+//!
+//! Every child (the server, each test) starts as the leader of a new process group, so
+//! a signal reaches it and everything it spawned, and a Ctrl-C at the terminal reaches
+//! only the runner. [`GroupChild::terminate`] is the only place that sends SIGTERM or
+//! SIGKILL on a normal path, and it takes [`Evidence`]: whatever was to be known about
+//! the process is on disk before it is signalled. Dropping a `GroupChild` that is still
+//! running kills its group, so no error path can leave an orphan.
+
+use std::io;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::rundir::Evidence;
+use crate::signal::Interrupt;
+
+/// How often bounded waits look at the child.
+const POLL: Duration = Duration::from_millis(5);
+
+/// A child process that leads its own process group.
+pub struct GroupChild {
+    child: Child,
+    pgid: Pid,
+    status: Option<ExitStatus>,
+}
+
+/// How a bounded wait ended.
+#[derive(Debug)]
+pub enum Wait {
+    /// The child exited.
+    Exited(ExitStatus),
+    /// The deadline passed; the child is still running.
+    TimedOut,
+    /// The runner was interrupted; the child is still running.
+    Interrupted,
+}
+
+/// How a termination ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    /// It had exited before any signal was needed.
+    AlreadyExited(ExitStatus),
+    /// It exited within the grace period after SIGTERM.
+    Terminated(ExitStatus),
+    /// It ignored SIGTERM for the whole grace period and was SIGKILLed.
+    Killed,
+}
+
+impl GroupChild {
+    /// Spawns `cmd` as the leader of a new process group.
+    pub fn spawn(cmd: &mut Command) -> io::Result<GroupChild> {
+        use std::os::unix::process::CommandExt;
+        let child = cmd.process_group(0).spawn()?;
+        let pgid = Pid::from_raw(child.id() as i32);
+        Ok(GroupChild { child, pgid, status: None })
+    }
+
+    /// The child's pid (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the child has exited (reaping it).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Waits until the child exits, the deadline passes, or the runner is interrupted.
+    pub fn wait_until(&mut self, deadline: Instant, interrupt: &Interrupt) -> Wait {
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Wait::Exited(status);
+            }
+            if interrupt.is_set() {
+                return Wait::Interrupted;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Wait::TimedOut;
+            }
+            std::thread::sleep(POLL.min(deadline - now));
+        }
+    }
+
+    /// Stops the process group after the evidence about it is on disk: SIGTERM, up to
+    /// `grace` for the leader to exit, then SIGKILL; the leader is always reaped. A zero
+    /// grace sends SIGKILL at once.
+    ///
+    /// `evidence` is the proof that what was to be saved about the process is on disk;
+    /// taking it here keeps the rule in one place.
+    pub fn terminate(&mut self, evidence: Evidence, grace: Duration) -> Termination {
+        self.stop(grace, move || evidence)
+    }
+
+    /// Asks the process group to stop (SIGTERM, a request that loses nothing), waits up
+    /// to `grace`, and if the leader is still running calls `before_kill` (which writes
+    /// what is known about the still-running process) and only then sends SIGKILL.
+    pub fn stop(&mut self, grace: Duration, before_kill: impl FnOnce() -> Evidence) -> Termination {
+        if let Some(status) = self.try_wait() {
+            // The leader is gone; take down anything it left in its group.
+            self.signal_group(Signal::SIGKILL);
+            return Termination::AlreadyExited(status);
+        }
+        if !grace.is_zero() {
+            self.signal_group(Signal::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if let Some(status) = self.try_wait() {
+                    self.signal_group(Signal::SIGKILL);
+                    return Termination::Terminated(status);
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+        let _evidence: Evidence = before_kill();
+        self.kill_and_reap();
+        Termination::Killed
+    }
+
+    /// After the leader exited on its own: kills what it left behind in its group.
+    pub fn kill_leftovers(&mut self) {
+        self.signal_group(Signal::SIGKILL);
+    }
+
+    fn signal_group(&self, signal: Signal) {
+        // ESRCH (the group is empty) is the expected case after an exit.
+        let _ = killpg(self.pgid, signal);
+    }
+
+    fn kill_and_reap(&mut self) {
+        self.signal_group(Signal::SIGKILL);
+        if self.status.is_none() {
+            self.status = self.child.wait().ok();
+        }
+    }
+}
+
+impl Drop for GroupChild {
+    fn drop(&mut self) {
+        // Whatever path got here, leave no process behind. Normal paths have already
+        // terminated the child, so this only kills on errors and panics.
+        if self.try_wait().is_none() {
+            self.kill_and_reap();
+        } else {
+            self.signal_group(Signal::SIGKILL);
+        }
+    }
+}
+
+/// Describes an exit status in words: "exit code 3" or "signal 9 (SIGKILL)".
+pub fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        format!("exit code {code}")
+    } else if let Some(sig) = status.signal() {
+        match Signal::try_from(sig) {
+            Ok(s) => format!("signal {sig} ({})", s.as_str()),
+            Err(_) => format!("signal {sig}"),
+        }
+    } else {
+        status.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        cmd
+    }
+
+    /// Waits (bounded) until a file exists with content or is a marker.
+    fn wait_for_file(path: &std::path::Path) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(path).is_ok_and(|s| !s.trim().is_empty() || path.ends_with("ready")) {
+            assert!(Instant::now() < deadline, "{} never appeared", path.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn terminate_escalates_to_sigkill_when_sigterm_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let script = format!("trap '' TERM; touch {}; while :; do sleep 0.05; done", ready.display());
+        let mut child = GroupChild::spawn(&mut sh(&script)).unwrap();
+        wait_for_file(&ready);
+        let t = child.terminate(Evidence::none("test"), Duration::from_millis(200));
+        assert_eq!(t, Termination::Killed);
+    }
+
+    #[test]
+    fn terminate_takes_down_grandchildren() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let mut child = GroupChild::spawn(&mut sh(&script)).unwrap();
+        wait_for_file(&pidfile);
+        let grandchild: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let t = child.terminate(Evidence::none("test"), Duration::from_secs(5));
+        assert!(matches!(t, Termination::Terminated(_)), "{t:?}");
+        // The grandchild was in the group: it got the signal too. It is not our child, so
+        // it may linger as a zombie until init reaps it; a zombie has state Z.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).ok();
+            let gone =
+                state.as_deref().is_none_or(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'));
+            if gone {
+                break;
+            }
+            assert!(Instant::now() < deadline, "grandchild {grandchild} still running");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn bounded_wait_times_out_and_drop_kills() {
+        let mut child = GroupChild::spawn(&mut sh("sleep 30")).unwrap();
+        let pid = child.pid();
+        let w = child.wait_until(Instant::now() + Duration::from_millis(50), &Interrupt::default());
+        assert!(matches!(w, Wait::TimedOut));
+        drop(child);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+        assert!(stat.is_err(), "child {pid} survived its GroupChild");
+    }
+
+    #[test]
+    fn describes_exit_statuses() {
+        let mut c = GroupChild::spawn(&mut sh("exit 3")).unwrap();
+        let Wait::Exited(s) = c.wait_until(Instant::now() + Duration::from_secs(10), &Interrupt::default()) else {
+            panic!("sh did not exit")
+        };
+        assert_eq!(describe(s), "exit code 3");
+        let mut c = GroupChild::spawn(&mut sh("kill -9 $$")).unwrap();
+        let Wait::Exited(s) = c.wait_until(Instant::now() + Duration::from_secs(10), &Interrupt::default()) else {
+            panic!("sh did not exit")
+        };
+        assert_eq!(describe(s), "signal 9 (SIGKILL)");
+    }
+}

@@ -1,0 +1,74 @@
+//! JUnit XML for CI systems: one suite per test target, one case per test, and a
+//! `hangcheck` suite whose cases fail for each leak and for a shutdown hang, so that CI
+//! dashboards show those findings next to the tests.
+
+use std::time::Duration;
+
+use quick_junit::{NonSuccessKind, Report as JunitReport, TestCase, TestCaseStatus, TestSuite};
+
+use super::Report;
+
+/// Renders the report as JUnit XML.
+pub fn render(report: &Report) -> String {
+    let mut junit = JunitReport::new("hangcheck");
+    junit.set_time(Duration::from_millis(report.duration_ms));
+    let mut suites: Vec<TestSuite> = Vec::new();
+    for t in &report.tests {
+        let status = match t.outcome {
+            "passed" => TestCaseStatus::success(),
+            other => {
+                let mut s = TestCaseStatus::non_success(if other == "spawn-failed" {
+                    NonSuccessKind::Error
+                } else {
+                    NonSuccessKind::Failure
+                });
+                let message = match (&t.detail, t.evidence.first()) {
+                    (Some(d), _) => format!("{other}: {d}"),
+                    (None, Some(e)) => format!("{other}; evidence in {}", e.display()),
+                    (None, None) => other.to_owned(),
+                };
+                s.set_message(message);
+                s
+            }
+        };
+        let mut case = TestCase::new(t.name.clone(), status);
+        case.set_classname(t.target.clone());
+        case.set_time(Duration::from_millis(t.duration_ms));
+        match suites.iter_mut().find(|s| s.name.as_str() == t.target) {
+            Some(suite) => {
+                suite.add_test_case(case);
+            }
+            None => {
+                let mut suite = TestSuite::new(t.target.clone());
+                suite.add_test_case(case);
+                suites.push(suite);
+            }
+        }
+    }
+    let mut findings = TestSuite::new("hangcheck");
+    for leak in &report.leaks {
+        let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+        let tests: Vec<String> = leak.leaked_by.iter().map(|b| format!("{} ({})", b.test, b.count)).collect();
+        status.set_message(format!(
+            "task group `{}` grew by {} (allowed {}); leaked by {}",
+            leak.group,
+            leak.growth,
+            leak.allowed,
+            tests.join(", ")
+        ));
+        findings.add_test_case(TestCase::new(format!("leak::{}", leak.group), status));
+    }
+    if report.shutdown.outcome == "hung" {
+        let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+        status.set_message("the server did not exit within the shutdown grace period and was killed");
+        findings.add_test_case(TestCase::new("shutdown", status));
+    } else if report.shutdown.outcome == "clean" {
+        findings.add_test_case(TestCase::new("shutdown", TestCaseStatus::success()));
+    }
+    if report.leaks.is_empty() && report.error.is_none() {
+        findings.add_test_case(TestCase::new("leaks", TestCaseStatus::success()));
+    }
+    suites.push(findings);
+    junit.add_test_suites(suites);
+    junit.to_string().unwrap_or_else(|e| format!("<!-- cannot render JUnit XML: {e} -->\n"))
+}

@@ -1,0 +1,257 @@
+//! What a person sees: a line per test as it finishes, then the accumulation table, the
+//! verdicts and a summary.
+//!
+//! Output goes through `anstream`, which drops the colour when stdout is not a terminal,
+//! when `NO_COLOR` is set, or with `--color never`, so CI logs stay plain.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anstream::{eprintln, println};
+use anstyle::{AnsiColor, Style};
+use hangcheck_runtime::protocol::Snapshot;
+
+use super::{outcome_name, Report, TestRecord};
+use crate::analysis::Leak;
+use crate::suite::Outcome;
+
+const GREEN: Style = AnsiColor::Green.on_default().bold();
+const RED: Style = AnsiColor::Red.on_default().bold();
+const YELLOW: Style = AnsiColor::Yellow.on_default().bold();
+const MAGENTA: Style = AnsiColor::Magenta.on_default().bold();
+const DIM: Style = Style::new().dimmed();
+const BOLD: Style = Style::new().bold();
+
+/// A status line of the runner's own, cargo-style: a right-aligned verb.
+pub fn status(verb: &str, message: impl std::fmt::Display) {
+    eprintln!("{GREEN}{verb:>12}{GREEN:#} {message}");
+}
+
+/// A warning line.
+pub fn warn(message: impl std::fmt::Display) {
+    eprintln!("{YELLOW}warning{YELLOW:#}: {message}");
+}
+
+/// An error line, with supporting lines indented below it.
+pub fn error(message: impl std::fmt::Display, detail: &[String]) {
+    eprintln!("{RED}error{RED:#}: {message}");
+    for line in detail {
+        eprintln!("  {DIM}|{DIM:#} {line}");
+    }
+}
+
+/// The line printed as each test finishes: outcome, time, name, and the groups that grew.
+pub fn test_line(record: &TestRecord, previous: Option<&Snapshot>) {
+    let (word, style) = match record.run.outcome {
+        Outcome::Passed => ("PASS", GREEN),
+        Outcome::Failed(_) | Outcome::SpawnFailed(_) => ("FAIL", RED),
+        Outcome::TimedOut => ("HANG", MAGENTA),
+        Outcome::Interrupted => ("STOP", YELLOW),
+    };
+    let mut grew = String::new();
+    if let (Some(now), Some(before)) = (&record.snapshot, previous) {
+        for g in &now.groups {
+            let old = live(before, &g.key);
+            if g.live > old {
+                grew.push_str(&format!("  {} +{}", g.key, g.live - old));
+            }
+        }
+    }
+    println!(
+        "{style}{word:>12}{style:#} [{:>8}] {}{YELLOW}{grew}{YELLOW:#}",
+        seconds(record.run.duration),
+        record.case.id()
+    );
+    match &record.run.outcome {
+        Outcome::Failed(_) | Outcome::SpawnFailed(_) | Outcome::TimedOut => {
+            let (_, detail) = outcome_name(&record.run.outcome);
+            if let Some(d) = detail {
+                println!("{:>12}   {d}", "");
+            }
+            for line in crate::rundir::tail(&record.run.log, 10) {
+                println!("{:>12}   {DIM}|{DIM:#} {line}", "");
+            }
+            for e in &record.run.evidence {
+                println!("{:>12}   evidence: {}", "", e.display());
+            }
+        }
+        _ => {}
+    }
+}
+
+fn live(s: &Snapshot, key: &str) -> u64 {
+    s.groups.iter().find(|g| g.key == key).map_or(0, |g| g.live)
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+/// One column of the accumulation table.
+struct Column {
+    title: String,
+    values: Vec<Option<i128>>,
+}
+
+/// The accumulation table: a row per test, a column per task group, counter or gauge that
+/// moved during the run, each cell the value and its change since the row above, and a
+/// sparkline of each column's course at the bottom.
+pub fn table(baseline: &Snapshot, tests: &[TestRecord]) {
+    let rows: Vec<Option<&Snapshot>> =
+        std::iter::once(Some(baseline)).chain(tests.iter().map(|t| t.snapshot.as_ref())).collect();
+    let mut columns: Vec<Column> = Vec::new();
+    let group_keys: BTreeSet<&str> =
+        rows.iter().flatten().flat_map(|s| s.groups.iter().map(|g| g.key.as_str())).collect();
+    for key in group_keys {
+        columns.push(Column {
+            title: key.to_owned(),
+            values: rows.iter().map(|s| s.map(|s| live(s, key) as i128)).collect(),
+        });
+    }
+    let counter_keys: BTreeSet<&str> =
+        rows.iter().flatten().flat_map(|s| s.counters.keys().map(String::as_str)).collect();
+    for key in counter_keys {
+        columns.push(Column {
+            title: format!("{key}#"),
+            values: rows.iter().map(|s| s.map(|s| s.counters.get(key).copied().unwrap_or(0) as i128)).collect(),
+        });
+    }
+    let gauge_keys: BTreeSet<&str> = rows.iter().flatten().flat_map(|s| s.gauges.keys().map(String::as_str)).collect();
+    for key in gauge_keys {
+        columns.push(Column {
+            title: format!("{key}~"),
+            values: rows.iter().map(|s| s.map(|s| s.gauges.get(key).copied().unwrap_or(0) as i128)).collect(),
+        });
+    }
+    columns.retain(|c| {
+        let known: Vec<i128> = c.values.iter().flatten().copied().collect();
+        known.windows(2).any(|w| w[0] != w[1])
+    });
+
+    println!();
+    println!(
+        "{BOLD}Accumulation{BOLD:#} {DIM}(live tasks per group after each test, settled; # counters, ~ gauges){DIM:#}"
+    );
+    if columns.is_empty() {
+        println!("  nothing moved: no task group, counter or gauge changed across the run");
+        return;
+    }
+    let names: Vec<String> =
+        std::iter::once("(baseline)".to_owned()).chain(tests.iter().map(|t| t.case.id())).collect();
+    let name_width = names.iter().map(|n| n.chars().count()).max().unwrap_or(10).min(48);
+    let cells: Vec<Vec<String>> = columns.iter().map(|c| cells(&c.values)).collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .zip(&cells)
+        .map(|(c, cs)| cs.iter().map(|s| s.chars().count()).chain([c.title.chars().count()]).max().unwrap_or(1))
+        .collect();
+
+    let mut header = format!("  {:>3}  {:<name_width$}  {:<6}", "#", "test", "result");
+    for (c, w) in columns.iter().zip(&widths) {
+        header.push_str(&format!("  {:>w$}", c.title, w = *w));
+    }
+    println!("{BOLD}{header}{BOLD:#}");
+    for (i, name) in names.iter().enumerate() {
+        let result = if i == 0 { "" } else { outcome_name(&tests[i - 1].run.outcome).0 };
+        let mut line = format!("  {:>3}  {:<name_width$}  {:<6}", i, truncate(name, name_width), result);
+        for (cs, w) in cells.iter().zip(&widths) {
+            line.push_str(&format!("  {:>w$}", cs[i], w = *w));
+        }
+        println!("{line}");
+    }
+    let mut trend = format!("  {:>3}  {:<name_width$}  {:<6}", "", "trend", "");
+    for (c, w) in columns.iter().zip(&widths) {
+        trend.push_str(&format!("  {:>w$}", sparkline(&c.values), w = *w));
+    }
+    println!("{DIM}{trend}{DIM:#}");
+}
+
+fn cells(values: &[Option<i128>]) -> Vec<String> {
+    let mut previous: Option<i128> = None;
+    values
+        .iter()
+        .map(|v| match v {
+            None => "?".to_owned(),
+            Some(v) => {
+                let cell = match previous {
+                    Some(p) if *v != p => format!("{v} ({:+})", v - p),
+                    _ => v.to_string(),
+                };
+                previous = Some(*v);
+                cell
+            }
+        })
+        .collect()
+}
+
+fn sparkline(values: &[Option<i128>]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let known: Vec<i128> = values.iter().flatten().copied().collect();
+    let (Some(min), Some(max)) = (known.iter().min(), known.iter().max()) else { return String::new() };
+    let span = (max - min).max(1);
+    // At most 16 marks, sampled evenly, so wide suites still fit a column.
+    let step = known.len().div_ceil(16).max(1);
+    known.iter().step_by(step).map(|v| BARS[(((v - min) * 7) / span) as usize]).collect()
+}
+
+fn truncate(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_owned()
+    } else {
+        let tail: String = s.chars().rev().take(width - 1).collect::<Vec<_>>().into_iter().rev().collect();
+        format!("…{tail}")
+    }
+}
+
+/// The leak verdicts.
+pub fn leaks(leaks: &[Leak]) {
+    println!();
+    if leaks.is_empty() {
+        println!("{GREEN}No leaks{GREEN:#}: every task group is back at its baseline after settling.");
+        return;
+    }
+    for leak in leaks {
+        let location = leak.location.as_deref().map(|l| format!(", spawned at {l}")).unwrap_or_default();
+        println!("{RED}LEAK{RED:#} task group {BOLD}`{}`{BOLD:#}{location}", leak.group);
+        let age =
+            leak.oldest_age_ms.map(|ms| format!(", oldest {}", seconds(Duration::from_millis(ms)))).unwrap_or_default();
+        println!(
+            "     live {} -> {} (+{}, allowed {}){age}",
+            leak.baseline, leak.final_live, leak.growth, leak.allowed
+        );
+        let by: Vec<String> = leak.leaked_by.iter().map(|b| format!("{} ({})", b.test, b.count)).collect();
+        println!("     leaked by: {}", by.join(", "));
+    }
+}
+
+/// The closing summary.
+pub fn summary(report: &Report) {
+    let count = |o: &str| report.tests.iter().filter(|t| t.outcome == o).count();
+    let (passed, failed, hung) = (count("passed"), count("failed") + count("spawn-failed"), count("hung"));
+    let style = if report.exit_code == 0 { GREEN } else { RED };
+    println!();
+    println!(
+        "{style}Summary{style:#} {} tests: {passed} passed, {failed} failed, {hung} hung; {} leak{}; shutdown {}",
+        report.tests.len(),
+        report.leaks.len(),
+        if report.leaks.len() == 1 { "" } else { "s" },
+        report.shutdown.outcome,
+    );
+    println!("{DIM}Report: {}{DIM:#}", report.run_dir.join("report.json").display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_show_deltas_and_unknowns() {
+        assert_eq!(cells(&[Some(0), Some(1), Some(1), None, Some(4)]), vec!["0", "1 (+1)", "1", "?", "4 (+3)"]);
+    }
+
+    #[test]
+    fn sparkline_spans_min_to_max() {
+        assert_eq!(sparkline(&[Some(0), Some(7), Some(14)]), "▁▄█");
+        assert_eq!(sparkline(&[Some(3), Some(3)]), "▁▁");
+    }
+}

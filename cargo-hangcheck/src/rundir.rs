@@ -1,0 +1,139 @@
+//! The run directory: everything a run writes, each artifact durable (written, fsynced,
+//! renamed into place, directory fsynced) before anything that depends on it happens.
+//!
+//! Layout, under `<target-dir>/hangcheck/runs/<id>/` (with `runs/latest` pointing at the
+//! newest run):
+//!
+//! ```text
+//! server.log          the server's stdout and stderr
+//! snapshots.jsonl     one settled snapshot per line: baseline, each test, final
+//! tests/<name>.log    each test's output
+//! report.json         the report (docs/report-format.md)
+//! junit.xml           the same for CI systems
+//! ```
+//!
+//! [`Evidence`] can only be made by writing something here durably (or by saying
+//! explicitly that there is none), and signalling a process takes one: the rule
+//! "evidence on disk before a signal" lives in the types.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The directory of one run.
+pub struct RunDir {
+    path: PathBuf,
+}
+
+/// Proof that what was known about a process is on disk before it is signalled.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Evidence {
+    /// Files written (and fsynced) about the process.
+    pub files: Vec<PathBuf>,
+}
+
+impl Evidence {
+    /// No evidence, for a reason stated at the call site (a clean stop, a process that
+    /// already exited), so that every signal path says why it has nothing to save.
+    pub fn none(_because: &'static str) -> Evidence {
+        Evidence { files: Vec::new() }
+    }
+}
+
+impl RunDir {
+    /// Creates a fresh run directory under `root` and points `root/latest` at it.
+    pub fn create(root: &Path) -> io::Result<RunDir> {
+        fs::create_dir_all(root)?;
+        let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let path = root.join(format!("{stamp}-{}", std::process::id()));
+        fs::create_dir_all(path.join("tests"))?;
+        // `latest` is a convenience; a failure to update it loses nothing.
+        let latest = root.join("latest");
+        let tmp = root.join(format!(".latest-{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        if std::os::unix::fs::symlink(path.file_name().unwrap_or_default(), &tmp).is_ok() {
+            let _ = fs::rename(&tmp, &latest);
+        }
+        Ok(RunDir { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes a whole file durably: to a temporary name, fsync, rename, fsync the directory.
+    pub fn write_durable(&self, name: impl AsRef<Path>, bytes: &[u8]) -> io::Result<PathBuf> {
+        let dest = self.path.join(name);
+        let dir = dest.parent().unwrap_or(&self.path).to_owned();
+        fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{}.tmp", dest.file_name().unwrap_or_default().to_string_lossy()));
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &dest)?;
+        File::open(&dir)?.sync_all()?;
+        Ok(dest)
+    }
+
+    /// Writes evidence about a process, durably, and returns the proof that it is on disk.
+    pub fn write_evidence(&self, name: impl AsRef<Path>, bytes: &[u8]) -> io::Result<Evidence> {
+        let path = self.write_durable(name, bytes)?;
+        Ok(Evidence { files: vec![path] })
+    }
+
+    /// Appends one line to a file and fsyncs it.
+    pub fn append_line(&self, name: impl AsRef<Path>, line: &[u8]) -> io::Result<()> {
+        let mut f = OpenOptions::new().create(true).append(true).open(self.path.join(name))?;
+        let mut buf = line.to_vec();
+        buf.push(b'\n');
+        f.write_all(&buf)?;
+        f.sync_data()
+    }
+
+    /// Opens a log file for a child's output.
+    pub fn log_file(&self, name: impl AsRef<Path>) -> io::Result<(File, PathBuf)> {
+        let path = self.path.join(name);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        Ok((File::create(&path)?, path))
+    }
+}
+
+/// The last `n` lines of a log file, for error messages; empty if it cannot be read.
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let Ok(bytes) = fs::read(path) else { return Vec::new() };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_write_replaces_and_latest_points_at_the_run() {
+        let root = tempfile::tempdir().unwrap();
+        let run = RunDir::create(root.path()).unwrap();
+        run.write_durable("a.txt", b"one").unwrap();
+        let ev = run.write_evidence("stacks/a.txt", b"two").unwrap();
+        assert_eq!(fs::read(&ev.files[0]).unwrap(), b"two");
+        assert_eq!(fs::read(run.join("a.txt")).unwrap(), b"one");
+        assert_eq!(fs::canonicalize(root.path().join("latest")).unwrap(), fs::canonicalize(run.path()).unwrap());
+        run.append_line("s.jsonl", b"{}").unwrap();
+        run.append_line("s.jsonl", b"{}").unwrap();
+        assert_eq!(fs::read_to_string(run.join("s.jsonl")).unwrap(), "{}\n{}\n");
+        assert_eq!(tail(&run.join("s.jsonl"), 1), vec!["{}".to_string()]);
+    }
+}

@@ -1,0 +1,170 @@
+//! The server under test: started in its own process group with `HANGCHECK_SOCKET`, its
+//! output logged to the run directory, ready once the agent has said hello (and, by
+//! default, announced an address), stopped with SIGTERM and a grace period.
+//!
+//! Every start-up failure (the binary cannot run, it exits, it never says hello, it says
+//! something that is not hello) is a [`SetupError::Server`] naming the cause, with the
+//! tail of the server log, within the start-up timeout.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hangcheck_runtime::protocol::{Announcement, Hello, SOCKET_ENV};
+
+use crate::build::Built;
+use crate::cli::Ready;
+use crate::config::Config;
+use crate::errors::SetupError;
+use crate::link::{AgentLink, LinkEvent, Listener};
+use crate::process::{describe, GroupChild, Termination};
+use crate::rundir::{Evidence, RunDir};
+use crate::signal::Interrupt;
+
+/// A started server with a live agent connection.
+pub struct Server {
+    /// The process.
+    pub child: GroupChild,
+    /// The agent connection.
+    pub link: AgentLink,
+    /// What the agent said first.
+    pub hello: Hello,
+    /// Announced addresses by name.
+    pub addrs: BTreeMap<String, String>,
+    /// The server log.
+    pub log: std::path::PathBuf,
+    _listener: Listener,
+}
+
+/// How the server's stop went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// It exited within the grace period (or had exited already).
+    Clean,
+    /// It was still running after the grace period and was killed: a shutdown hang.
+    Hung,
+}
+
+impl Server {
+    /// Starts the server and waits until it is ready.
+    pub fn start(
+        config: &Config,
+        built: &Built,
+        run_dir: &RunDir,
+        interrupt: &Interrupt,
+    ) -> Result<Server, SetupError> {
+        let listener = Listener::bind().map_err(SetupError::io("cannot create the agent socket"))?;
+        let (log_file, log) = run_dir.log_file("server.log").map_err(SetupError::io("cannot create server.log"))?;
+        let err_file = log_file.try_clone().map_err(SetupError::io("cannot share server.log"))?;
+        let mut cmd = Command::new(&built.server);
+        cmd.args(&config.server_args)
+            .envs(config.server_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(SOCKET_ENV, listener.path())
+            .current_dir(&config.package_dir)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(err_file);
+        let mut child = GroupChild::spawn(&mut cmd).map_err(|e| SetupError::Server {
+            cause: format!("cannot start the server {}: {e}", built.server.display()),
+            log: None,
+        })?;
+
+        let deadline = Instant::now() + config.startup_timeout;
+        let fail = |cause: String| SetupError::Server { cause, log: Some(log.clone()) };
+        let stream = loop {
+            match listener.try_accept() {
+                Ok(Some(stream)) => break stream,
+                Ok(None) => {}
+                Err(e) => return Err(fail(format!("cannot accept the agent's connection: {e}"))),
+            }
+            if let Some(status) = child.try_wait() {
+                return Err(fail(format!("the server exited during start-up with {}", describe(status))));
+            }
+            if interrupt.is_set() {
+                return Err(SetupError::Interrupted);
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(format!(
+                    "the server did not connect to hangcheck within {:?}; does its main use #[hangcheck_runtime::main] or hangcheck_runtime::instrument?",
+                    config.startup_timeout
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let (link, hello) = AgentLink::handshake(stream, deadline).map_err(fail)?;
+        let mut addrs: BTreeMap<String, String> =
+            hello.announced.iter().map(|a| (a.name.clone(), a.addr.clone())).collect();
+
+        if config.ready == Ready::Announce {
+            while addrs.is_empty() {
+                match link.next_event(Duration::from_millis(10)) {
+                    Some(LinkEvent::Announce(a)) => {
+                        addrs.insert(a.name, a.addr);
+                    }
+                    Some(LinkEvent::Closed) => {
+                        let why = child
+                            .try_wait()
+                            .map_or("closed the connection".to_owned(), |s| format!("exited with {}", describe(s)));
+                        return Err(fail(format!("the server {why} during start-up, before announcing an address")));
+                    }
+                    Some(LinkEvent::ProtocolError(e)) => {
+                        return Err(fail(format!("the agent sent a bad message: {e}")))
+                    }
+                    None => {}
+                }
+                if let Some(status) = child.try_wait() {
+                    return Err(fail(format!("the server exited during start-up with {}", describe(status))));
+                }
+                if interrupt.is_set() {
+                    return Err(SetupError::Interrupted);
+                }
+                if Instant::now() >= deadline {
+                    return Err(fail(format!(
+                        "the server said hello but announced no address within {:?}; call hangcheck_runtime::announce(\"http\", addr) once it listens, or set server.ready = \"hello\"",
+                        config.startup_timeout
+                    )));
+                }
+            }
+        }
+        Ok(Server { child, link, hello, addrs, log, _listener: listener })
+    }
+
+    /// Takes announcements that arrived since the last call.
+    pub fn take_announcements(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for event in self.link.drain_events() {
+            match event {
+                LinkEvent::Announce(Announcement { name, addr }) => {
+                    self.addrs.insert(name, addr);
+                }
+                LinkEvent::ProtocolError(e) => errors.push(e),
+                LinkEvent::Closed => {}
+            }
+        }
+        errors
+    }
+
+    /// The environment every test gets: one `HANGCHECK_ADDR_<NAME>` per announcement.
+    pub fn test_env(&self) -> Vec<(String, String)> {
+        self.addrs
+            .iter()
+            .map(|(name, addr)| (Announcement { name: name.clone(), addr: addr.clone() }.env_var(), addr.clone()))
+            .collect()
+    }
+
+    /// Whether the server process is still running.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait()
+    }
+
+    /// SIGTERM, then up to `grace` for the server to exit. If it is still running after
+    /// the grace, `on_hang` writes what is known (while the process is still alive) and
+    /// only then is it SIGKILLed.
+    pub fn stop(&mut self, grace: Duration, on_hang: impl FnOnce(&mut AgentLink) -> Evidence) -> Stop {
+        let link = &mut self.link;
+        match self.child.stop(grace, || on_hang(link)) {
+            Termination::Killed => Stop::Hung,
+            Termination::AlreadyExited(_) | Termination::Terminated(_) => Stop::Clean,
+        }
+    }
+}

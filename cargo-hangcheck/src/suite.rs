@@ -1,0 +1,164 @@
+//! Listing and running the E2E tests, one at a time, each in its own process group and
+//! under the per-test timeout.
+//!
+//! Tests are libtest binaries: `--list --format terse` lists them, `--exact NAME
+//! --nocapture` runs one. Their output goes straight to a log file in the run directory
+//! (no pipe, so a chatty test can never block on a full pipe).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::build::Built;
+use crate::config::Config;
+use crate::errors::SetupError;
+use crate::process::{describe, GroupChild, Wait};
+use crate::rundir::{Evidence, RunDir};
+use crate::signal::Interrupt;
+
+/// How long listing one test binary may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One test of a test binary.
+#[derive(Debug, Clone)]
+pub struct TestCase {
+    /// The test target (`e2e` for `tests/e2e.rs`).
+    pub target: String,
+    /// The test's name inside the binary.
+    pub name: String,
+    /// The test binary.
+    pub exe: PathBuf,
+}
+
+impl TestCase {
+    /// `target::name`, the name used in reports.
+    pub fn id(&self) -> String {
+        format!("{}::{}", self.target, self.name)
+    }
+}
+
+/// How one test ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit code 0.
+    Passed,
+    /// Any other exit; the status in words.
+    Failed(String),
+    /// Still running at the timeout; it was terminated after the evidence was written.
+    TimedOut,
+    /// The test process could not be started.
+    SpawnFailed(String),
+    /// The runner was interrupted while the test ran.
+    Interrupted,
+}
+
+/// A finished test.
+#[derive(Debug, Clone)]
+pub struct TestRun {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// How long it ran.
+    pub duration: Duration,
+    /// Its output.
+    pub log: PathBuf,
+    /// Files written about the server when the test hung.
+    pub evidence: Vec<PathBuf>,
+}
+
+/// Lists the tests of every built test target, keeping those that match a filter.
+pub fn list(
+    config: &Config,
+    built: &Built,
+    run_dir: &RunDir,
+    interrupt: &Interrupt,
+) -> Result<Vec<TestCase>, SetupError> {
+    let mut cases = Vec::new();
+    for (target, exe) in &built.tests {
+        let (out, out_path) =
+            run_dir.log_file(format!("tests/{target}.list")).map_err(SetupError::io("cannot create a log file"))?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["--list", "--format", "terse"])
+            .current_dir(&config.package_dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::null());
+        let mut child = GroupChild::spawn(&mut cmd).map_err(SetupError::io(format!("cannot run {}", exe.display())))?;
+        match child.wait_until(Instant::now() + LIST_TIMEOUT, interrupt) {
+            Wait::Exited(status) if status.success() => {}
+            Wait::Exited(status) => {
+                return Err(SetupError::Config(format!(
+                    "listing the tests of `{target}` failed ({}); is it a libtest harness?",
+                    describe(status)
+                )))
+            }
+            Wait::TimedOut => {
+                return Err(SetupError::Config(format!("listing the tests of `{target}` took over {LIST_TIMEOUT:?}")))
+            }
+            Wait::Interrupted => return Err(SetupError::Interrupted),
+        }
+        let listing = std::fs::read_to_string(&out_path).map_err(SetupError::io("cannot read a test listing"))?;
+        for line in listing.lines() {
+            let Some(name) = line.strip_suffix(": test") else { continue };
+            if config.filters.is_empty() || config.filters.iter().any(|f| name.contains(f.as_str())) {
+                cases.push(TestCase { target: target.clone(), name: name.to_owned(), exe: exe.clone() });
+            }
+        }
+    }
+    Ok(cases)
+}
+
+/// Runs one test. When it outlives `timeout`, `on_hang` is called while the test is still
+/// running (to fetch and write evidence about the server), and only then is the test's
+/// process group terminated.
+pub fn run(
+    case: &TestCase,
+    config: &Config,
+    env: &[(String, String)],
+    run_dir: &RunDir,
+    interrupt: &Interrupt,
+    on_hang: impl FnOnce() -> Evidence,
+) -> TestRun {
+    let started = Instant::now();
+    let log_name = format!("tests/{}/{}.log", case.target, case.name);
+    let (log_file, log) = match run_dir.log_file(&log_name) {
+        Ok(pair) => pair,
+        Err(e) => return spawn_failed(format!("cannot create {log_name}: {e}"), run_dir.join(&log_name)),
+    };
+    let err_file = match log_file.try_clone() {
+        Ok(f) => f,
+        Err(e) => return spawn_failed(format!("cannot share {log_name}: {e}"), log),
+    };
+    let mut cmd = Command::new(&case.exe);
+    cmd.args([case.name.as_str(), "--exact", "--nocapture", "--test-threads", "1"])
+        .current_dir(&config.package_dir)
+        .env("CARGO_MANIFEST_DIR", &config.package_dir)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(err_file);
+    let mut child = match GroupChild::spawn(&mut cmd) {
+        Ok(c) => c,
+        Err(e) => return spawn_failed(format!("cannot start {}: {e}", case.exe.display()), log),
+    };
+    let (outcome, evidence) = match child.wait_until(started + config.test_timeout, interrupt) {
+        Wait::Exited(status) => {
+            child.kill_leftovers();
+            (if status.success() { Outcome::Passed } else { Outcome::Failed(describe(status)) }, Vec::new())
+        }
+        Wait::TimedOut => {
+            let evidence = on_hang();
+            let files = evidence.files.clone();
+            child.terminate(evidence, Duration::from_secs(1));
+            (Outcome::TimedOut, files)
+        }
+        Wait::Interrupted => {
+            child.terminate(Evidence::none("the run was interrupted"), Duration::ZERO);
+            (Outcome::Interrupted, Vec::new())
+        }
+    };
+    TestRun { outcome, duration: started.elapsed(), log, evidence }
+}
+
+fn spawn_failed(why: String, log: PathBuf) -> TestRun {
+    TestRun { outcome: Outcome::SpawnFailed(why), duration: Duration::ZERO, log, evidence: Vec::new() }
+}

@@ -1,0 +1,156 @@
+//! The agent: an OS thread inside the server that talks to the runner.
+//!
+//! It is a plain thread, never a tokio task, so that it still answers when every worker
+//! of the runtime it reports on is blocked. It owns the socket: all reads and writes
+//! happen here, and other threads hand it events through a channel, so no worker ever
+//! waits on the socket.
+//!
+//! The agent exists only when [`SOCKET_ENV`] is set; otherwise [`get`] returns `None`
+//! and every public function of the crate falls through to plain tokio.
+
+use std::io::{BufReader, ErrorKind};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+
+use crate::process_facts;
+use crate::protocol::{
+    self, AgentMessage, Hello, ProtocolError, RunnerMessage, RuntimeStats, Snapshot, MAX_RUNNER_MESSAGE, SOCKET_ENV,
+    VERSION,
+};
+use crate::registry::Registry;
+
+/// How often the agent thread looks for events to forward while no request arrives.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The name of the agent thread, as it shows in `/proc/<pid>/task/*/comm` and in stacks.
+pub(crate) const THREAD_NAME: &str = "hangcheck-agent";
+
+pub(crate) struct Agent {
+    pub(crate) registry: Registry,
+    events: Mutex<Sender<AgentMessage>>,
+    runtime: OnceLock<Handle>,
+}
+
+static AGENT: OnceLock<Option<&'static Agent>> = OnceLock::new();
+
+/// The agent, started on first use when the runner is there; `None` (and nothing
+/// started) when it is not.
+pub(crate) fn get() -> Option<&'static Agent> {
+    *AGENT.get_or_init(start)
+}
+
+fn start() -> Option<&'static Agent> {
+    let path = std::env::var_os(SOCKET_ENV)?;
+    let (tx, rx) = mpsc::channel();
+    // Leaked on purpose: the agent lives as long as the process, and a 'static reference
+    // keeps every hot-path access free of reference counting.
+    let agent: &'static Agent =
+        Box::leak(Box::new(Agent { registry: Registry::new(), events: Mutex::new(tx), runtime: OnceLock::new() }));
+    let spawned = std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || {
+        if let Err(e) = serve(agent, &path, rx) {
+            eprintln!("hangcheck: agent stopped: {e}");
+        }
+    });
+    if let Err(e) = spawned {
+        eprintln!("hangcheck: cannot start the agent thread ({e}); diagnostics are off");
+        return None;
+    }
+    Some(agent)
+}
+
+impl Agent {
+    /// Remembers the runtime whose metrics snapshots report; the first one wins.
+    pub(crate) fn attach_runtime(&self, handle: &Handle) {
+        if self.runtime.get().is_none() {
+            let _ = self.runtime.set(handle.clone());
+        }
+    }
+
+    /// Hands a message to the agent thread to send.
+    pub(crate) fn send_event(&self, msg: AgentMessage) {
+        // The receiver is gone only when the connection is over; nothing to tell then.
+        let _ = self.events.lock().unwrap_or_else(PoisonError::into_inner).send(msg);
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let registry = &self.registry;
+        Snapshot {
+            epoch: registry.epoch(),
+            uptime_ms: registry.uptime_ms(),
+            groups: registry.group_stats(),
+            counters: registry.counter_values(),
+            gauges: registry.gauge_values(),
+            runtime: self.runtime.get().map(|h| {
+                let m = h.metrics();
+                RuntimeStats {
+                    workers: m.num_workers() as u64,
+                    alive_tasks: m.num_alive_tasks() as u64,
+                    global_queue_depth: m.global_queue_depth() as u64,
+                }
+            }),
+            process: process_facts::read(),
+        }
+    }
+
+    fn answer(&self, request: RunnerMessage) -> AgentMessage {
+        match request {
+            RunnerMessage::Snapshot { id } => AgentMessage::Snapshot { id, snapshot: self.snapshot() },
+            RunnerMessage::Epoch { id, epoch } => {
+                self.registry.set_epoch(epoch);
+                AgentMessage::Ack { id }
+            }
+        }
+    }
+}
+
+fn capabilities() -> Vec<String> {
+    let mut caps = vec!["snapshot".to_owned(), "epoch".to_owned()];
+    if cfg!(tokio_unstable) {
+        caps.push("tokio-unstable".to_owned());
+    }
+    caps
+}
+
+/// Connects to the runner, says hello, then answers requests and forwards events until
+/// the runner goes away.
+fn serve(agent: &'static Agent, path: &std::ffi::OsStr, events: Receiver<AgentMessage>) -> Result<(), ProtocolError> {
+    let stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(POLL_INTERVAL))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let hello = Hello {
+        pid: std::process::id(),
+        protocol: VERSION,
+        runtime_version: env!("CARGO_PKG_VERSION").to_owned(),
+        capabilities: capabilities(),
+        announced: agent.registry.announced(),
+    };
+    protocol::write_message(&mut writer, &AgentMessage::Hello(hello))?;
+
+    let mut buf = Vec::new();
+    loop {
+        while let Ok(event) = events.try_recv() {
+            protocol::write_message(&mut writer, &event)?;
+        }
+        match protocol::read_message::<_, RunnerMessage>(&mut reader, &mut buf, MAX_RUNNER_MESSAGE) {
+            Ok(request) => protocol::write_message(&mut writer, &agent.answer(request))?,
+            Err(ProtocolError::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(ProtocolError::Closed) => return Ok(()),
+            Err(e @ ProtocolError::Io(_)) => return Err(e),
+            Err(e @ ProtocolError::Version { .. }) => {
+                // Say why, then stop: a runner of another version cannot be answered.
+                let message = e.to_string();
+                protocol::write_message(&mut writer, &AgentMessage::Error { id: None, message })?;
+                return Err(e);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                protocol::write_message(&mut writer, &AgentMessage::Error { id: None, message })?;
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Linked into a tokio server so that `cargo hangcheck` can see what it holds.
+//!
+//! While `cargo hangcheck test` runs the server's end-to-end tests, an agent thread in
+//! the server (an OS thread, never a tokio task, so it answers when every worker is
+//! blocked) reports task groups with their ages and the test each survivor was born in,
+//! counters, gauges, runtime metrics and process facts.
+//!
+//! **Inert by default.** Without the runner (no `HANGCHECK_SOCKET` in the environment)
+//! nothing is started: [`spawn`] is `tokio::spawn`, counters are no-ops, no thread, no
+//! socket. Production builds can keep it linked.
+//!
+//! # Adoption
+//!
+//! Replace `#[tokio::main]` with `#[hangcheck_runtime::main]` (same arguments):
+//!
+//! ```
+//! #[hangcheck_runtime::main(worker_threads = 2)]
+//! async fn main() {
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//!     hangcheck_runtime::announce("http", listener.local_addr().unwrap());
+//!     // ... accept connections, hangcheck_runtime::spawn("conn", handle(conn)) ...
+//! }
+//! ```
+//!
+//! or pass a hand-built runtime's builder through [`instrument`].
+//!
+//! The [`protocol`] module is the wire format shared with the runner; it is all that
+//! remains with default features off.
+#![warn(missing_docs)]
+
+pub mod protocol;
+
+#[cfg(feature = "agent")]
+mod agent;
+#[cfg(feature = "agent")]
+mod process_facts;
+#[cfg(feature = "agent")]
+mod registry;
+
+#[cfg(feature = "agent")]
+pub use api::*;
+
+#[cfg(feature = "agent")]
+mod api {
+    use std::future::Future;
+    use std::panic::Location;
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use tokio::runtime::Handle;
+    use tokio::task::JoinHandle;
+
+    use crate::agent;
+    use crate::protocol::{AgentMessage, Announcement, GroupKind};
+
+    /// `#[tokio::main]` with the runtime passed through [`instrument`]. Takes the same
+    /// arguments: `flavor = "multi_thread" | "current_thread"` and `worker_threads = N`.
+    ///
+    /// ```
+    /// #[hangcheck_runtime::main(flavor = "current_thread")]
+    /// async fn main() {
+    ///     let answer = hangcheck_runtime::spawn("compute", async { 6 * 7 }).await.unwrap();
+    ///     assert_eq!(answer, 42);
+    /// }
+    /// ```
+    pub use hangcheck_runtime_macros::main;
+
+    /// Prepares a hand-built runtime for hangcheck and starts the agent when the runner is
+    /// there. Call it before `build()`; it changes nothing when the runner is absent.
+    ///
+    /// ```
+    /// let mut builder = tokio::runtime::Builder::new_multi_thread();
+    /// builder.enable_all();
+    /// hangcheck_runtime::instrument(&mut builder);
+    /// let runtime = builder.build().unwrap();
+    /// runtime.block_on(async { /* serve */ });
+    /// ```
+    pub fn instrument(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
+        let _ = agent::get();
+        builder
+    }
+
+    /// Whether the runner is there and the agent is running.
+    ///
+    /// ```
+    /// // Outside `cargo hangcheck`, hangcheck is inert.
+    /// if std::env::var_os("HANGCHECK_SOCKET").is_none() {
+    ///     assert!(!hangcheck_runtime::is_active());
+    /// }
+    /// ```
+    pub fn is_active() -> bool {
+        agent::get().is_some()
+    }
+
+    /// Spawns a task counted in the group `name`, like `tokio::spawn`.
+    ///
+    /// The group's location is the first call site seen for the name. The task is
+    /// counted live until its future completes, is cancelled or panics.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let handle = hangcheck_runtime::spawn("waiter", async { "done" });
+    /// assert_eq!(handle.await.unwrap(), "done");
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn spawn<F>(name: &str, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let Some(agent) = agent::get() else {
+            return tokio::spawn(future);
+        };
+        if let Ok(handle) = Handle::try_current() {
+            agent.attach_runtime(&handle);
+        }
+        let guard = agent.registry.task_born(GroupKind::Named, name, Some(Location::caller()));
+        tokio::spawn(async move {
+            let _guard = guard;
+            future.await
+        })
+    }
+
+    /// Tells the runner an address the server listens on; every test then finds it in
+    /// `HANGCHECK_ADDR_<NAME>` (upper case, other characters as `_`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// // A test reads it as HANGCHECK_ADDR_HTTP.
+    /// hangcheck_runtime::announce("http", listener.local_addr().unwrap());
+    /// # }
+    /// ```
+    pub fn announce(name: &str, addr: impl std::fmt::Display) {
+        let Some(agent) = agent::get() else { return };
+        if let Ok(handle) = Handle::try_current() {
+            agent.attach_runtime(&handle);
+        }
+        let announcement = Announcement { name: name.to_owned(), addr: addr.to_string() };
+        agent.registry.announce(announcement.clone());
+        agent.send_event(AgentMessage::Announce(announcement));
+    }
+
+    /// A monotonic counter for a lifecycle fact (connects, disconnects, deletes).
+    ///
+    /// Looking a counter up by name takes a read lock; updating it does not. Keep the
+    /// handle where a path is hot.
+    ///
+    /// ```
+    /// let connects = hangcheck_runtime::counter("connects");
+    /// connects.increment(1);
+    /// hangcheck_runtime::counter("disconnects").increment(1);
+    /// ```
+    pub fn counter(name: &str) -> Counter {
+        Counter(agent::get().map(|a| a.registry.counter(name)))
+    }
+
+    /// A gauge for a level that goes up and down (open sessions, queue length).
+    ///
+    /// ```
+    /// let sessions = hangcheck_runtime::gauge("sessions");
+    /// sessions.increment(1);
+    /// sessions.decrement(1);
+    /// sessions.set(0);
+    /// ```
+    pub fn gauge(name: &str) -> Gauge {
+        Gauge(agent::get().map(|a| a.registry.gauge(name)))
+    }
+
+    /// A handle to a counter; see [`counter`]. A no-op when hangcheck is inert.
+    #[derive(Clone, Debug)]
+    pub struct Counter(Option<Arc<AtomicU64>>);
+
+    impl Counter {
+        /// Adds `n`.
+        ///
+        /// ```
+        /// hangcheck_runtime::counter("requests").increment(3);
+        /// ```
+        pub fn increment(&self, n: u64) {
+            if let Some(c) = &self.0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A handle to a gauge; see [`gauge`]. A no-op when hangcheck is inert.
+    #[derive(Clone, Debug)]
+    pub struct Gauge(Option<Arc<AtomicI64>>);
+
+    impl Gauge {
+        /// Sets the value.
+        ///
+        /// ```
+        /// hangcheck_runtime::gauge("pool_size").set(8);
+        /// ```
+        pub fn set(&self, value: i64) {
+            if let Some(g) = &self.0 {
+                g.store(value, Ordering::Relaxed);
+            }
+        }
+
+        /// Adds `n`.
+        ///
+        /// ```
+        /// hangcheck_runtime::gauge("sessions").increment(1);
+        /// ```
+        pub fn increment(&self, n: i64) {
+            if let Some(g) = &self.0 {
+                g.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+
+        /// Subtracts `n`.
+        ///
+        /// ```
+        /// hangcheck_runtime::gauge("sessions").decrement(1);
+        /// ```
+        pub fn decrement(&self, n: i64) {
+            if let Some(g) = &self.0 {
+                g.fetch_sub(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// What `#[hangcheck_runtime::main]` expands to needs; not a public API.
+#[cfg(feature = "agent")]
+#[doc(hidden)]
+pub mod __private {
+    pub use tokio;
+
+    /// Called by `#[hangcheck_runtime::main]` once the runtime is built, so that
+    /// snapshots carry its metrics from the start.
+    pub fn runtime_built(handle: &tokio::runtime::Handle) {
+        if let Some(agent) = crate::agent::get() {
+            agent.attach_runtime(handle);
+        }
+    }
+}

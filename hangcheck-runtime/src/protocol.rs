@@ -1,0 +1,445 @@
+//! The wire protocol between the runner (`cargo hangcheck`) and the agent inside the
+//! server (this crate). Defined once, here, and used by both sides: the runner depends
+//! on this crate with default features off, which leaves only this module.
+//!
+//! # Transport
+//!
+//! The runner creates a private directory (mode 0700), listens on a unix stream socket
+//! inside it and hands the path to the server in [`SOCKET_ENV`]. The agent thread in the
+//! server connects out and sends [`AgentMessage::Hello`]; hello is the readiness signal.
+//!
+//! Every message is one line of JSON (newline-delimited), an object with `"v"` (the
+//! protocol version, [`VERSION`]) and `"type"`. A message over the size limit of its
+//! direction ([`MAX_AGENT_MESSAGE`], [`MAX_RUNNER_MESSAGE`]), malformed JSON, an unknown
+//! type or another version is a typed [`ProtocolError`], never a panic.
+//!
+//! # Messages, runner to agent ([`RunnerMessage`])
+//!
+//! | `type`     | fields          | answer                                   |
+//! |------------|-----------------|------------------------------------------|
+//! | `snapshot` | `id`            | [`AgentMessage::Snapshot`] with that `id` |
+//! | `epoch`    | `id`, `epoch`   | [`AgentMessage::Ack`]: tasks born from now on belong to `epoch` |
+//!
+//! # Messages, agent to runner ([`AgentMessage`])
+//!
+//! | `type`     | when                                                          |
+//! |------------|---------------------------------------------------------------|
+//! | `hello`    | first, once: pid, versions, capabilities, addresses so far     |
+//! | `announce` | whenever the server calls `announce(name, addr)` after hello   |
+//! | `snapshot` | the answer to a `snapshot` request                             |
+//! | `ack`      | the answer to a request that returns nothing                   |
+//! | `error`    | a request the agent could not parse or answer; `id` if known   |
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version carried by every message. A peer that sees another version
+/// answers with [`ProtocolError::Version`] and stops talking.
+pub const VERSION: u32 = 1;
+
+/// The environment variable that carries the socket path from the runner to the server.
+/// Without it the runtime stays inert.
+pub const SOCKET_ENV: &str = "HANGCHECK_SOCKET";
+
+/// The prefix of the environment variables that carry announced addresses to each test:
+/// `announce("http", addr)` reaches the tests as `HANGCHECK_ADDR_HTTP`.
+pub const ADDR_ENV_PREFIX: &str = "HANGCHECK_ADDR_";
+
+/// The largest message the agent may send (a snapshot of many groups, or stacks).
+pub const MAX_AGENT_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// The largest message the runner may send; its requests are small.
+pub const MAX_RUNNER_MESSAGE: usize = 64 * 1024;
+
+/// A request from the runner to the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RunnerMessage {
+    /// Ask for a [`Snapshot`] of everything the server holds now.
+    Snapshot {
+        /// Echoed in the answer.
+        id: u64,
+    },
+    /// Start a new epoch: tasks and operations born from now on belong to it. The runner
+    /// advances the epoch at every test boundary, so epoch `n` is the `n`-th test.
+    Epoch {
+        /// Echoed in the answer.
+        id: u64,
+        /// The new epoch; epochs only grow.
+        epoch: u64,
+    },
+}
+
+/// A message from the agent to the runner: an answer (carrying the request's `id`) or an
+/// event (carrying none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AgentMessage {
+    /// The first message on a connection.
+    Hello(Hello),
+    /// The server announced an address after hello.
+    Announce(Announcement),
+    /// The answer to [`RunnerMessage::Snapshot`].
+    Snapshot {
+        /// The request's id.
+        id: u64,
+        /// What the server holds.
+        snapshot: Snapshot,
+    },
+    /// The answer to a request that returns nothing.
+    Ack {
+        /// The request's id.
+        id: u64,
+    },
+    /// A request the agent could not parse or answer.
+    Error {
+        /// The request's id, when it could be read.
+        id: Option<u64>,
+        /// What went wrong, in one line.
+        message: String,
+    },
+}
+
+/// What the agent says first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The server's process id.
+    pub pid: u32,
+    /// The protocol version the agent speaks (equal to `v`; kept for readers of logs).
+    pub protocol: u32,
+    /// The version of `hangcheck-runtime` linked into the server.
+    pub runtime_version: String,
+    /// What this agent can do, e.g. `"task-hooks"` when built with `tokio_unstable`.
+    pub capabilities: Vec<String>,
+    /// Addresses announced before the connection was up.
+    pub announced: Vec<Announcement>,
+}
+
+/// An address the server listens on, for the tests to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// A short name such as `"http"`; tests see it as `HANGCHECK_ADDR_HTTP`.
+    pub name: String,
+    /// The address as the server formatted it, e.g. `127.0.0.1:40123`.
+    pub addr: String,
+}
+
+impl Announcement {
+    /// The environment variable a test reads this address from.
+    ///
+    /// ```
+    /// use hangcheck_runtime::protocol::Announcement;
+    /// let a = Announcement { name: "http-admin".into(), addr: "127.0.0.1:1".into() };
+    /// assert_eq!(a.env_var(), "HANGCHECK_ADDR_HTTP_ADMIN");
+    /// ```
+    pub fn env_var(&self) -> String {
+        let name: String =
+            self.name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+        format!("{ADDR_ENV_PREFIX}{name}")
+    }
+}
+
+/// Everything the server holds at one moment: metadata only (names, counts, ages,
+/// locations), never payloads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The epoch in force when the snapshot was taken.
+    pub epoch: u64,
+    /// Milliseconds since the agent started.
+    pub uptime_ms: u64,
+    /// Task groups, sorted by key.
+    pub groups: Vec<GroupStats>,
+    /// Monotonic counters by name.
+    pub counters: BTreeMap<String, u64>,
+    /// Gauges by name.
+    pub gauges: BTreeMap<String, i64>,
+    /// tokio's stable runtime metrics, when the agent knows the runtime.
+    pub runtime: Option<RuntimeStats>,
+    /// What the kernel says about the process.
+    pub process: ProcessFacts,
+}
+
+/// How a task group got its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupKind {
+    /// Spawned with `hangcheck_runtime::spawn(name, ...)`: keyed by that name.
+    Named,
+    /// Seen through tokio's task hooks: keyed by spawn location.
+    Location,
+}
+
+/// One task group: the tasks spawned under one name or at one location.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupStats {
+    /// The group's key: the name given to `spawn`, or `file:line` of the spawn.
+    pub key: String,
+    /// How the key was made.
+    pub kind: GroupKind,
+    /// Where the group's tasks were spawned (`file:line`), when known. For a named group
+    /// it is the first call site of `spawn` seen for that name.
+    pub location: Option<String>,
+    /// Tasks alive now.
+    pub live: u64,
+    /// Tasks spawned since the server started.
+    pub spawned: u64,
+    /// Tasks that finished (completed, were cancelled, or panicked).
+    pub finished: u64,
+    /// Age of the oldest live task, in milliseconds.
+    pub oldest_age_ms: Option<u64>,
+    /// Live tasks by the epoch they were born in, ascending by epoch; epochs with no
+    /// survivors are left out.
+    pub live_by_epoch: Vec<EpochCount>,
+}
+
+/// How many live things were born in one epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochCount {
+    /// The epoch.
+    pub epoch: u64,
+    /// How many are alive.
+    pub count: u64,
+}
+
+/// tokio's stable runtime metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeStats {
+    /// Worker threads.
+    pub workers: u64,
+    /// Tasks alive in the runtime, whoever spawned them.
+    pub alive_tasks: u64,
+    /// Tasks waiting in the global queue.
+    pub global_queue_depth: u64,
+}
+
+/// Process facts read from `/proc/self`. Zero where the platform has no `/proc`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessFacts {
+    /// Resident set size in bytes.
+    pub rss_bytes: u64,
+    /// Threads in the process.
+    pub threads: u64,
+    /// User plus system CPU time, in milliseconds.
+    pub cpu_ms: u64,
+    /// Open file descriptors by kind.
+    pub fds: FdCounts,
+}
+
+/// Open file descriptors by what they point at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdCounts {
+    /// Sockets.
+    pub socket: u64,
+    /// Regular files and directories.
+    pub file: u64,
+    /// Pipes.
+    pub pipe: u64,
+    /// Everything else (eventfd, epoll, timerfd, devices, ...).
+    pub other: u64,
+}
+
+impl FdCounts {
+    /// All open descriptors.
+    pub fn total(&self) -> u64 {
+        self.socket + self.file + self.pipe + self.other
+    }
+}
+
+/// What can go wrong reading or writing a message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    Closed,
+    /// A line longer than the limit; the rest of it was not read.
+    #[error("message over the size limit of {limit} bytes")]
+    TooLarge {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
+    /// Not JSON, or JSON of the wrong shape.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// A message of another protocol version.
+    #[error("protocol version {found} is not supported (this side speaks {VERSION})")]
+    Version {
+        /// The version the peer sent, 0 when it sent none.
+        found: u64,
+    },
+    /// Reading or writing the socket failed.
+    #[error("i/o error on the agent socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes a message as one line: `{"v":1,"type":...}\n`.
+///
+/// ```
+/// use hangcheck_runtime::protocol::{decode, encode, RunnerMessage, MAX_RUNNER_MESSAGE};
+/// let line = encode(&RunnerMessage::Snapshot { id: 7 });
+/// assert!(line.starts_with(b"{\"v\":1,"));
+/// let back: RunnerMessage = decode(&line, MAX_RUNNER_MESSAGE).unwrap();
+/// assert_eq!(back, RunnerMessage::Snapshot { id: 7 });
+/// ```
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Every message is a JSON object with at least `type`; the version is spliced in
+    // front so that a log reader sees it first. Serialising our own plain data types
+    // cannot fail; should it ever, the peer gets an error message rather than a panic.
+    let body = serde_json::to_vec(msg).unwrap_or_else(|e| {
+        serde_json::to_vec(&serde_json::json!({"type": "error", "id": null, "message": format!("encode: {e}")}))
+            .unwrap_or_default()
+    });
+    let mut line = format!("{{\"v\":{VERSION}").into_bytes();
+    match body.get(1..) {
+        Some(b"}") | None => line.push(b'}'),
+        Some(rest) => {
+            line.push(b',');
+            line.extend_from_slice(rest);
+        }
+    }
+    line.push(b'\n');
+    line
+}
+
+/// Decodes one line (with or without its newline), checking size and version first.
+pub fn decode<T: for<'de> Deserialize<'de>>(line: &[u8], limit: usize) -> Result<T, ProtocolError> {
+    if line.len() > limit + 1 {
+        return Err(ProtocolError::TooLarge { limit });
+    }
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let found = value.get("v").and_then(|v| v.as_u64()).unwrap_or(0);
+    if found != u64::from(VERSION) {
+        return Err(ProtocolError::Version { found });
+    }
+    serde_json::from_value(value).map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// Reads one line of at most `limit` bytes into `buf` (cleared first) without ever
+/// buffering more than the limit, so an endless line cannot exhaust memory.
+///
+/// On a timeout (`WouldBlock` / `TimedOut`) the bytes read so far stay in `buf` and the
+/// call can be repeated with the same `buf` to finish the line; `buf` is only cleared
+/// once a line has been handed back, by [`read_message`].
+pub fn read_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>, limit: usize) -> Result<(), ProtocolError> {
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Err(ProtocolError::Closed);
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        if buf.len() + take > limit + 1 {
+            reader.consume(take);
+            return Err(ProtocolError::TooLarge { limit });
+        }
+        buf.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads and decodes one message. `buf` carries a partial line across timeouts; it is
+/// empty again after a message (or a decoding error) is returned.
+pub fn read_message<R: BufRead, T: for<'de> Deserialize<'de>>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> Result<T, ProtocolError> {
+    match read_line(reader, buf, limit) {
+        Ok(()) => {
+            let result = decode(buf, limit);
+            buf.clear();
+            result
+        }
+        Err(ProtocolError::TooLarge { limit }) => {
+            buf.clear();
+            Err(ProtocolError::TooLarge { limit })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes one message and flushes it.
+pub fn write_message<W: Write, T: Serialize>(writer: &mut W, msg: &T) -> Result<(), ProtocolError> {
+    writer.write_all(&encode(msg))?;
+    writer.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn round_trip_every_agent_message() {
+        let msgs = vec![
+            AgentMessage::Hello(Hello {
+                pid: 42,
+                protocol: VERSION,
+                runtime_version: "0.1.0".into(),
+                capabilities: vec!["task-hooks".into()],
+                announced: vec![Announcement { name: "http".into(), addr: "127.0.0.1:1".into() }],
+            }),
+            AgentMessage::Announce(Announcement { name: "x".into(), addr: "y".into() }),
+            AgentMessage::Snapshot { id: 3, snapshot: Snapshot::default() },
+            AgentMessage::Ack { id: 4 },
+            AgentMessage::Error { id: None, message: "no".into() },
+        ];
+        for msg in msgs {
+            let line = encode(&msg);
+            assert_eq!(*line.last().unwrap(), b'\n');
+            let back: AgentMessage = decode(&line, MAX_AGENT_MESSAGE).unwrap();
+            assert_eq!(back, msg);
+        }
+    }
+
+    #[test]
+    fn other_version_is_a_typed_error() {
+        let err = decode::<RunnerMessage>(br#"{"v":2,"type":"snapshot","id":1}"#, 1024).unwrap_err();
+        assert!(matches!(err, ProtocolError::Version { found: 2 }), "{err}");
+        let err = decode::<RunnerMessage>(br#"{"type":"snapshot","id":1}"#, 1024).unwrap_err();
+        assert!(matches!(err, ProtocolError::Version { found: 0 }), "{err}");
+    }
+
+    #[test]
+    fn malformed_and_unknown_types_are_errors() {
+        for bad in [&b"not json"[..], br#"{"v":1,"type":"launch_missiles","id":1}"#, br#"[1,2]"#] {
+            let err = decode::<RunnerMessage>(bad, 1024).unwrap_err();
+            assert!(matches!(err, ProtocolError::Malformed(_) | ProtocolError::Version { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn oversized_line_is_refused_without_buffering_it_and_the_next_line_still_reads() {
+        let mut input = vec![b'x'; 10_000];
+        input.push(b'\n');
+        input.extend_from_slice(&encode(&RunnerMessage::Snapshot { id: 9 }));
+        let mut reader = std::io::BufReader::with_capacity(64, Cursor::new(input));
+        let mut buf = Vec::new();
+        let err = read_message::<_, RunnerMessage>(&mut reader, &mut buf, 100).unwrap_err();
+        assert!(matches!(err, ProtocolError::TooLarge { limit: 100 }));
+        assert!(buf.len() <= 101);
+        // The rest of the long line is garbage to the reader; it reports it and goes on.
+        let mut outcome = read_message::<_, RunnerMessage>(&mut reader, &mut buf, 100);
+        while outcome.is_err() {
+            outcome = read_message(&mut reader, &mut buf, 100);
+        }
+        assert_eq!(outcome.unwrap(), RunnerMessage::Snapshot { id: 9 });
+    }
+
+    #[test]
+    fn closed_connection_is_reported() {
+        let mut reader = Cursor::new(Vec::new());
+        let err = read_message::<_, RunnerMessage>(&mut reader, &mut Vec::new(), 100).unwrap_err();
+        assert!(matches!(err, ProtocolError::Closed));
+    }
+}

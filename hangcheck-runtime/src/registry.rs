@@ -1,0 +1,250 @@
+//! The registry: what the server holds, kept cheap to update from any worker and read by
+//! the agent thread when the runner asks.
+//!
+//! Task groups keep one record per live task (its birth instant and epoch) in a slab
+//! behind a per-group mutex: spawning and finishing touch only their own group, and a
+//! snapshot can tell the age of the oldest survivor and which epoch (test) each was born
+//! in — the counts alone cannot make a leak self-evident, the ages do. Counters and
+//! gauges are plain atomics behind a handle, so updating one takes no lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::Location;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use slab::Slab;
+
+use crate::protocol::{Announcement, EpochCount, GroupKind, GroupStats};
+
+/// The one registry of the process.
+pub(crate) struct Registry {
+    started: Instant,
+    epoch: AtomicU64,
+    groups: RwLock<HashMap<(GroupKind, String), Arc<Group>>>,
+    counters: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
+    gauges: RwLock<BTreeMap<String, Arc<AtomicI64>>>,
+    announced: Mutex<Vec<Announcement>>,
+}
+
+/// A live task's record.
+struct Birth {
+    at: Instant,
+    epoch: u64,
+}
+
+/// The tasks of one name or one spawn location.
+pub(crate) struct Group {
+    key: String,
+    kind: GroupKind,
+    location: Option<String>,
+    spawned: AtomicU64,
+    finished: AtomicU64,
+    live: Mutex<Slab<Birth>>,
+}
+
+/// Held by a live task; dropping it (completion, cancellation, panic) ends the task's
+/// record.
+pub(crate) struct TaskGuard {
+    group: Arc<Group>,
+    slot: usize,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        lock(&self.group.live).try_remove(self.slot);
+        self.group.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the data (counts
+/// and instants) is still meaningful, and a diagnostics library must not add panics.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Registry {
+    pub(crate) fn new() -> Self {
+        Registry {
+            started: Instant::now(),
+            epoch: AtomicU64::new(0),
+            groups: RwLock::default(),
+            counters: RwLock::default(),
+            gauges: RwLock::default(),
+            announced: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_epoch(&self, epoch: u64) {
+        self.epoch.fetch_max(epoch, Ordering::Relaxed);
+    }
+
+    fn group(&self, kind: GroupKind, key: &str, location: Option<&Location<'_>>) -> Arc<Group> {
+        let map_key = (kind, key.to_owned());
+        if let Some(g) = self.groups.read().unwrap_or_else(PoisonError::into_inner).get(&map_key) {
+            return Arc::clone(g);
+        }
+        let mut groups = self.groups.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(groups.entry(map_key).or_insert_with(|| {
+            Arc::new(Group {
+                key: key.to_owned(),
+                kind,
+                location: location.map(|l| format!("{}:{}", l.file(), l.line())),
+                spawned: AtomicU64::new(0),
+                finished: AtomicU64::new(0),
+                live: Mutex::new(Slab::new()),
+            })
+        }))
+    }
+
+    /// Records the birth of a task in a group and returns the guard that records its end.
+    pub(crate) fn task_born(&self, kind: GroupKind, key: &str, location: Option<&Location<'_>>) -> TaskGuard {
+        let group = self.group(kind, key, location);
+        let birth = Birth { at: Instant::now(), epoch: self.epoch() };
+        let slot = lock(&group.live).insert(birth);
+        group.spawned.fetch_add(1, Ordering::Relaxed);
+        TaskGuard { group, slot }
+    }
+
+    pub(crate) fn counter(&self, name: &str) -> Arc<AtomicU64> {
+        get_or_insert(&self.counters, name)
+    }
+
+    pub(crate) fn gauge(&self, name: &str) -> Arc<AtomicI64> {
+        get_or_insert(&self.gauges, name)
+    }
+
+    /// Stores an announcement, replacing an earlier one of the same name.
+    pub(crate) fn announce(&self, announcement: Announcement) {
+        let mut announced = lock(&self.announced);
+        announced.retain(|a| a.name != announcement.name);
+        announced.push(announcement);
+    }
+
+    pub(crate) fn announced(&self) -> Vec<Announcement> {
+        lock(&self.announced).clone()
+    }
+
+    /// Every group's statistics, sorted by key. Each group's lock is held only while its
+    /// own records are read.
+    pub(crate) fn group_stats(&self) -> Vec<GroupStats> {
+        let groups: Vec<Arc<Group>> =
+            self.groups.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        let now = Instant::now();
+        let mut stats: Vec<GroupStats> = groups.iter().map(|g| g.stats(now)).collect();
+        stats.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
+        stats
+    }
+
+    pub(crate) fn counter_values(&self) -> BTreeMap<String, u64> {
+        read_all(&self.counters)
+    }
+
+    pub(crate) fn gauge_values(&self) -> BTreeMap<String, i64> {
+        read_all(&self.gauges)
+    }
+}
+
+impl Group {
+    fn stats(&self, now: Instant) -> GroupStats {
+        let mut by_epoch: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut oldest: Option<Instant> = None;
+        let live = {
+            let records = lock(&self.live);
+            for (_, birth) in records.iter() {
+                *by_epoch.entry(birth.epoch).or_default() += 1;
+                oldest = Some(oldest.map_or(birth.at, |o| o.min(birth.at)));
+            }
+            records.len() as u64
+        };
+        GroupStats {
+            key: self.key.clone(),
+            kind: self.kind,
+            location: self.location.clone(),
+            live,
+            spawned: self.spawned.load(Ordering::Relaxed),
+            finished: self.finished.load(Ordering::Relaxed),
+            oldest_age_ms: oldest.map(|o| now.saturating_duration_since(o).as_millis() as u64),
+            live_by_epoch: by_epoch.into_iter().map(|(epoch, count)| EpochCount { epoch, count }).collect(),
+        }
+    }
+}
+
+fn get_or_insert<A: Default>(map: &RwLock<BTreeMap<String, Arc<A>>>, name: &str) -> Arc<A> {
+    if let Some(a) = map.read().unwrap_or_else(PoisonError::into_inner).get(name) {
+        return Arc::clone(a);
+    }
+    let mut map = map.write().unwrap_or_else(PoisonError::into_inner);
+    Arc::clone(map.entry(name.to_owned()).or_default())
+}
+
+/// Reads every atomic of a name map.
+fn read_all<A, V>(map: &RwLock<BTreeMap<String, Arc<A>>>) -> BTreeMap<String, V>
+where
+    A: AtomicRead<V>,
+{
+    map.read().unwrap_or_else(PoisonError::into_inner).iter().map(|(k, v)| (k.clone(), v.read())).collect()
+}
+
+trait AtomicRead<V> {
+    fn read(&self) -> V;
+}
+
+impl AtomicRead<u64> for AtomicU64 {
+    fn read(&self) -> u64 {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+impl AtomicRead<i64> for AtomicI64 {
+    fn read(&self) -> i64 {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_counts_survivors_by_epoch_and_forgets_finished_tasks() {
+        let reg = Registry::new();
+        let a = reg.task_born(GroupKind::Named, "waiter", Some(Location::caller()));
+        reg.set_epoch(3);
+        let b = reg.task_born(GroupKind::Named, "waiter", None);
+        let c = reg.task_born(GroupKind::Named, "waiter", None);
+        drop(b);
+        let stats = reg.group_stats();
+        assert_eq!(stats.len(), 1);
+        let g = &stats[0];
+        assert_eq!((g.live, g.spawned, g.finished), (2, 3, 1));
+        assert_eq!(g.live_by_epoch, vec![EpochCount { epoch: 0, count: 1 }, EpochCount { epoch: 3, count: 1 }]);
+        assert!(g.location.as_deref().unwrap().contains("registry.rs:"));
+        drop((a, c));
+        assert_eq!(reg.group_stats()[0].live, 0);
+    }
+
+    #[test]
+    fn epochs_never_go_back() {
+        let reg = Registry::new();
+        reg.set_epoch(5);
+        reg.set_epoch(2);
+        assert_eq!(reg.epoch(), 5);
+    }
+
+    #[test]
+    fn announce_replaces_same_name() {
+        let reg = Registry::new();
+        reg.announce(Announcement { name: "http".into(), addr: "a".into() });
+        reg.announce(Announcement { name: "http".into(), addr: "b".into() });
+        assert_eq!(reg.announced(), vec![Announcement { name: "http".into(), addr: "b".into() }]);
+    }
+}
