@@ -1,1 +1,8 @@
-//! placeholder
+//! The system's own end-to-end tests: the real `cargo-hangcheck` binary, real cargo
+//! builds, real server processes from `examples/` and `tests/fixtures/`, real sockets and
+//! signals. One binary, a module per area (ripgrep's layout).
+
+mod agent;
+mod bad_input;
+mod leaks;
+mod util;

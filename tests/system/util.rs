@@ -1,0 +1,128 @@
+//! Helpers: run the real runner, read what it wrote, find stray processes.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// No single run of the runner may take longer; past it the test fails instead of hanging.
+const RUN_CAP: Duration = Duration::from_secs(600);
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// One target directory for every system test, so cargo builds each example once.
+pub fn target_dir() -> PathBuf {
+    workspace_root().join("target").join("system-tests")
+}
+
+/// What a run of the runner left.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl fmt::Display for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exit code {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+impl Run {
+    /// The run directory, from the `Report:` line the runner prints last.
+    pub fn run_dir(&self) -> PathBuf {
+        let line = self.stdout.lines().find_map(|l| l.strip_prefix("Report: ")).unwrap_or_else(|| {
+            panic!("no Report: line in the output\n{self}");
+        });
+        Path::new(line.trim()).parent().unwrap().to_owned()
+    }
+
+    pub fn report(&self) -> serde_json::Value {
+        let path = self.run_dir().join("report.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}\n{self}", path.display()));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The first `error:` line on stderr.
+    pub fn error_line(&self) -> &str {
+        self.stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line\n{self}"))
+    }
+}
+
+/// Runs `cargo hangcheck test ARGS` in the workspace, uncoloured, with a unique marker
+/// in the server's environment so that [`assert_no_process_with`] can find strays.
+pub fn hangcheck_test(args: &[&str]) -> Run {
+    let mut all = vec!["hangcheck", "test", "--color", "never"];
+    all.extend_from_slice(args);
+    run_runner(&all, &workspace_root())
+}
+
+pub fn run_runner(args: &[&str], cwd: &Path) -> Run {
+    let out = tempfile::tempdir().unwrap();
+    let (so, se) = (out.path().join("stdout"), out.path().join("stderr"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cargo-hangcheck"))
+        .args(args)
+        .arg("--target-dir")
+        .arg(target_dir())
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&so).unwrap())
+        .stderr(std::fs::File::create(&se).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + RUN_CAP;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cargo hangcheck {args:?} ran past {RUN_CAP:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: std::fs::read_to_string(so).unwrap(),
+        stderr: std::fs::read_to_string(se).unwrap(),
+    }
+}
+
+/// A marker unique to this test, to put in a server's environment.
+pub fn marker(name: &str) -> String {
+    format!("HC_SYSTEM_TEST={name}-{}", std::process::id())
+}
+
+/// Fails if any process still carries `marker` in its environment.
+pub fn assert_no_process_with(marker: &str) {
+    let needle = marker.as_bytes();
+    let mut strays = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        if environ.split(|&b| b == 0).any(|var| var == needle) {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // A zombie has exited; it is waiting for its parent to reap it.
+            if !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z') {
+                strays.push(format!("{pid}: {}", stat.trim()));
+            }
+        }
+    }
+    assert!(strays.is_empty(), "processes left behind: {strays:?}");
+}
+
+/// Builds an example (or fixture) binary the way the runner does and returns its path.
+pub fn built_binary(package: &str) -> PathBuf {
+    let build_dir = target_dir().join("hangcheck").join("build");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--package", package, "--target-dir"])
+        .arg(&build_dir)
+        .env("RUSTFLAGS", "--cfg tokio_unstable")
+        .current_dir(workspace_root())
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build -p {package} failed");
+    build_dir.join("debug").join(package)
+}
