@@ -16,14 +16,16 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 
-use crate::process_facts;
 use crate::protocol::{
-    self, AgentMessage, Hello, ProtocolError, RunnerMessage, RuntimeStats, Snapshot, MAX_RUNNER_MESSAGE, SOCKET_ENV,
-    VERSION,
+    self, AgentMessage, Hello, ProtocolError, RunnerMessage, RuntimeStats, Snapshot, Stall, MAX_RUNNER_MESSAGE,
+    SOCKET_ENV, VERSION,
 };
 use crate::registry::Registry;
+use crate::watchdog::Watchdog;
+use crate::{process_facts, stacks};
 
-/// How often the agent thread looks for events to forward while no request arrives.
+/// How often the agent thread looks for events to forward and stalls to report while no
+/// request arrives; stall detection latency is the threshold plus at most this.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The name of the agent thread, as it shows in `/proc/<pid>/task/*/comm` and in stacks.
@@ -31,6 +33,7 @@ pub(crate) const THREAD_NAME: &str = "hangcheck-agent";
 
 pub(crate) struct Agent {
     pub(crate) registry: Registry,
+    watchdog: Watchdog,
     events: Mutex<Sender<AgentMessage>>,
     runtime: OnceLock<Handle>,
 }
@@ -48,8 +51,12 @@ fn start() -> Option<&'static Agent> {
     let (tx, rx) = mpsc::channel();
     // Leaked on purpose: the agent lives as long as the process, and a 'static reference
     // keeps every hot-path access free of reference counting.
-    let agent: &'static Agent =
-        Box::leak(Box::new(Agent { registry: Registry::new(), events: Mutex::new(tx), runtime: OnceLock::new() }));
+    let agent: &'static Agent = Box::leak(Box::new(Agent {
+        registry: Registry::new(),
+        watchdog: Watchdog::from_env(),
+        events: Mutex::new(tx),
+        runtime: OnceLock::new(),
+    }));
     let spawned = std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || {
         if let Err(e) = serve(agent, &path, rx) {
             eprintln!("hangcheck: agent stopped: {e}");
@@ -93,7 +100,17 @@ impl Agent {
                 }
             }),
             process: process_facts::read(),
+            stalls: self.watchdog.count(),
         }
+    }
+
+    /// Stalls seen since the last look, each with its stack taken now.
+    fn stalls(&self) -> Vec<Stall> {
+        #[cfg(tokio_unstable)]
+        let describe = crate::hooks::describe_task;
+        #[cfg(not(tokio_unstable))]
+        let describe = |_: u64| None;
+        self.watchdog.check(self.registry.epoch(), describe)
     }
 
     fn answer(&self, request: RunnerMessage) -> AgentMessage {
@@ -103,14 +120,15 @@ impl Agent {
                 self.registry.set_epoch(epoch);
                 AgentMessage::Ack { id }
             }
+            RunnerMessage::Stacks { id } => AgentMessage::Stacks { id, stacks: stacks::all() },
         }
     }
 }
 
 fn capabilities() -> Vec<String> {
-    let mut caps = vec!["snapshot".to_owned(), "epoch".to_owned()];
+    let mut caps = vec!["snapshot".to_owned(), "epoch".to_owned(), "stacks".to_owned(), "stall-watchdog".to_owned()];
     if cfg!(tokio_unstable) {
-        caps.push("tokio-unstable".to_owned());
+        caps.extend(["tokio-unstable", "task-hooks", "poll-hooks"].map(str::to_owned));
     }
     caps
 }
@@ -135,6 +153,9 @@ fn serve(agent: &'static Agent, path: &std::ffi::OsStr, events: Receiver<AgentMe
     loop {
         while let Ok(event) = events.try_recv() {
             protocol::write_message(&mut writer, &event)?;
+        }
+        for stall in agent.stalls() {
+            protocol::write_message(&mut writer, &AgentMessage::Stall(stall))?;
         }
         match protocol::read_message::<_, RunnerMessage>(&mut reader, &mut buf, MAX_RUNNER_MESSAGE) {
             Ok(request) => protocol::write_message(&mut writer, &agent.answer(request))?,

@@ -33,9 +33,15 @@ pub mod protocol;
 #[cfg(feature = "agent")]
 mod agent;
 #[cfg(feature = "agent")]
+mod hooks;
+#[cfg(feature = "agent")]
 mod process_facts;
 #[cfg(feature = "agent")]
 mod registry;
+#[cfg(feature = "agent")]
+mod stacks;
+#[cfg(feature = "agent")]
+mod watchdog;
 
 #[cfg(feature = "agent")]
 pub use api::*;
@@ -51,7 +57,7 @@ mod api {
     use tokio::task::JoinHandle;
 
     use crate::agent;
-    use crate::protocol::{AgentMessage, Announcement, GroupKind};
+    use crate::protocol::{AgentMessage, Announcement};
 
     /// `#[tokio::main]` with the runtime passed through [`instrument`]. Takes the same
     /// arguments: `flavor = "multi_thread" | "current_thread"` and `worker_threads = N`.
@@ -75,8 +81,16 @@ mod api {
     /// let runtime = builder.build().unwrap();
     /// runtime.block_on(async { /* serve */ });
     /// ```
+    ///
+    /// With the runner there, it installs tokio's hooks: thread park/unpark for the stall
+    /// watchdog, and with `--cfg tokio_unstable` (the runner's default build) task
+    /// spawn/terminate and poll hooks, which count every task by spawn location and name
+    /// the task a stalled worker is polling. tokio keeps one hook of each kind: set your
+    /// own hooks after this call if you need them (they then replace hangcheck's).
     pub fn instrument(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
-        let _ = agent::get();
+        if let Some(agent) = agent::get() {
+            crate::hooks::install(builder, agent);
+        }
         builder
     }
 
@@ -116,7 +130,11 @@ mod api {
         if let Ok(handle) = Handle::try_current() {
             agent.attach_runtime(&handle);
         }
-        let guard = agent.registry.task_born(GroupKind::Named, name, Some(Location::caller()));
+        let group = agent.registry.named_group(name, Location::caller());
+        let guard = agent.registry.born_into(Arc::clone(&group));
+        // Tells tokio's spawn hook (tokio_unstable) that this task is counted by name.
+        #[cfg(tokio_unstable)]
+        let _named = crate::hooks::NamedSpawn::enter(&group);
         tokio::spawn(async move {
             let _guard = guard;
             future.await

@@ -19,6 +19,7 @@
 //! |------------|-----------------|------------------------------------------|
 //! | `snapshot` | `id`            | [`AgentMessage::Snapshot`] with that `id` |
 //! | `epoch`    | `id`, `epoch`   | [`AgentMessage::Ack`]: tasks born from now on belong to `epoch` |
+//! | `stacks`   | `id`            | [`AgentMessage::Stacks`]: every thread's stack |
 //!
 //! # Messages, agent to runner ([`AgentMessage`])
 //!
@@ -27,6 +28,8 @@
 //! | `hello`    | first, once: pid, versions, capabilities, addresses so far     |
 //! | `announce` | whenever the server calls `announce(name, addr)` after hello   |
 //! | `snapshot` | the answer to a `snapshot` request                             |
+//! | `stacks`   | the answer to a `stacks` request                               |
+//! | `stall`    | at once, when a worker is stuck in one poll past the threshold |
 //! | `ack`      | the answer to a request that returns nothing                   |
 //! | `error`    | a request the agent could not parse or answer; `id` if known   |
 
@@ -71,6 +74,11 @@ pub enum RunnerMessage {
         /// The new epoch; epochs only grow.
         epoch: u64,
     },
+    /// Ask for the stack of every thread of the process.
+    Stacks {
+        /// Echoed in the answer.
+        id: u64,
+    },
 }
 
 /// A message from the agent to the runner: an answer (carrying the request's `id`) or an
@@ -90,6 +98,16 @@ pub enum AgentMessage {
         /// What the server holds.
         snapshot: Snapshot,
     },
+    /// The answer to [`RunnerMessage::Stacks`].
+    Stacks {
+        /// The request's id.
+        id: u64,
+        /// Every thread's stack.
+        stacks: Stacks,
+    },
+    /// A worker has been stuck inside one poll for longer than the stall threshold; sent
+    /// the moment it is seen, with the stack taken while it was still stuck.
+    Stall(Stall),
     /// The answer to a request that returns nothing.
     Ack {
         /// The request's id.
@@ -161,6 +179,9 @@ pub struct Snapshot {
     pub runtime: Option<RuntimeStats>,
     /// What the kernel says about the process.
     pub process: ProcessFacts,
+    /// Stalls detected since the server started.
+    #[serde(default)]
+    pub stalls: u64,
 }
 
 /// How a task group got its key.
@@ -247,6 +268,135 @@ impl FdCounts {
     pub fn total(&self) -> u64 {
         self.socket + self.file + self.pipe + self.other
     }
+}
+
+/// The environment variable that carries the stall threshold, in milliseconds, from the
+/// runner to the agent.
+pub const STALL_THRESHOLD_ENV: &str = "HANGCHECK_STALL_THRESHOLD_MS";
+
+/// Where a set of stacks came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StackSource {
+    /// The agent thread inside the server, by signalling each thread.
+    Agent,
+    /// A debugger attached from outside (the runner is the server's parent).
+    Gdb,
+}
+
+/// The stacks of every thread of a process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stacks {
+    /// Who took them.
+    pub source: StackSource,
+    /// How long taking (and symbolising) them took, in milliseconds.
+    pub took_ms: u64,
+    /// One entry per thread.
+    pub threads: Vec<ThreadStack>,
+}
+
+/// One thread's stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThreadStack {
+    /// The kernel's thread id.
+    pub tid: u32,
+    /// The thread's name (`/proc/<pid>/task/<tid>/comm`).
+    pub name: String,
+    /// The kernel's state letter: R running, S sleeping, D uninterruptible, T stopped...
+    pub state: String,
+    /// Innermost first.
+    pub frames: Vec<Frame>,
+    /// Why the stack is missing or partial, when it is.
+    pub note: Option<String>,
+}
+
+/// One frame of a stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    /// The function, demangled, when symbols are available.
+    pub function: Option<String>,
+    /// The source file, when debug info is available.
+    pub file: Option<String>,
+    /// The source line.
+    pub line: Option<u32>,
+}
+
+impl std::fmt::Display for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.function.as_deref().unwrap_or("??"))?;
+        if let Some(file) = &self.file {
+            write!(f, "\n             at {file}")?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Stacks {
+    /// A human-readable rendering, one block per thread, as written to stack files.
+    ///
+    /// ```
+    /// use hangcheck_runtime::protocol::{Frame, StackSource, Stacks, ThreadStack};
+    /// let stacks = Stacks { source: StackSource::Agent, took_ms: 1, threads: vec![ThreadStack {
+    ///     tid: 7, name: "main".into(), state: "S".into(), note: None,
+    ///     frames: vec![Frame { function: Some("app::main".into()), file: Some("src/main.rs".into()), line: Some(3) }],
+    /// }] };
+    /// assert!(stacks.render().contains("app::main\n             at src/main.rs:3"));
+    /// ```
+    pub fn render(&self) -> String {
+        let mut out =
+            format!("stacks from {:?}, {} threads, taken in {} ms\n", self.source, self.threads.len(), self.took_ms);
+        for t in &self.threads {
+            out.push_str(&t.render());
+        }
+        out
+    }
+}
+
+impl ThreadStack {
+    /// A human-readable rendering of one thread.
+    pub fn render(&self) -> String {
+        let mut out = format!("\nthread {} \"{}\" state {}\n", self.tid, self.name, self.state);
+        if let Some(note) = &self.note {
+            out.push_str(&format!("  ({note})\n"));
+        }
+        for (i, frame) in self.frames.iter().enumerate() {
+            out.push_str(&format!("  {i:>3}: {frame}\n"));
+        }
+        out
+    }
+}
+
+/// A worker stuck inside one poll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stall {
+    /// The worker thread's id.
+    pub tid: u32,
+    /// The worker thread's name.
+    pub thread: String,
+    /// How long it had been stuck when the stack was taken, in milliseconds.
+    pub stuck_ms: u64,
+    /// The threshold it passed.
+    pub threshold_ms: u64,
+    /// The epoch (test) in force when it was seen.
+    pub epoch: u64,
+    /// The task being polled, when tokio's poll hooks are available.
+    pub task: Option<StalledTask>,
+    /// The worker's stack, taken while it was stuck.
+    pub stack: ThreadStack,
+}
+
+/// The task a stalled worker was polling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StalledTask {
+    /// tokio's task id.
+    pub id: u64,
+    /// Its group key (name or location), when known.
+    pub group: Option<String>,
+    /// Where it was spawned, when known.
+    pub location: Option<String>,
 }
 
 /// What can go wrong reading or writing a message.

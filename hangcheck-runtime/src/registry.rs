@@ -50,6 +50,14 @@ pub(crate) struct TaskGuard {
     slot: usize,
 }
 
+impl TaskGuard {
+    /// The task's group.
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    pub(crate) fn group(&self) -> &Group {
+        &self.group
+    }
+}
+
 impl Drop for TaskGuard {
     fn drop(&mut self) {
         lock(&self.group.live).try_remove(self.slot);
@@ -87,27 +95,35 @@ impl Registry {
         self.epoch.fetch_max(epoch, Ordering::Relaxed);
     }
 
-    fn group(&self, kind: GroupKind, key: &str, location: Option<&Location<'_>>) -> Arc<Group> {
+    /// The group `(kind, key)`, created on first use; `location` is only computed then.
+    fn group(&self, kind: GroupKind, key: &str, location: impl FnOnce() -> Option<String>) -> Arc<Group> {
         let map_key = (kind, key.to_owned());
         if let Some(g) = self.groups.read().unwrap_or_else(PoisonError::into_inner).get(&map_key) {
             return Arc::clone(g);
         }
         let mut groups = self.groups.write().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(groups.entry(map_key).or_insert_with(|| {
-            Arc::new(Group {
-                key: key.to_owned(),
-                kind,
-                location: location.map(|l| format!("{}:{}", l.file(), l.line())),
-                spawned: AtomicU64::new(0),
-                finished: AtomicU64::new(0),
-                live: Mutex::new(Slab::new()),
-            })
-        }))
+        Arc::clone(groups.entry(map_key).or_insert_with(|| Arc::new(Group::new(key, kind, location()))))
     }
 
     /// Records the birth of a task in a group and returns the guard that records its end.
+    #[cfg(test)]
     pub(crate) fn task_born(&self, kind: GroupKind, key: &str, location: Option<&Location<'_>>) -> TaskGuard {
-        let group = self.group(kind, key, location);
+        self.born_into(self.group(kind, key, || location.map(location_string)))
+    }
+
+    /// Records the birth of a task in the location group `key` (its location is its key).
+    #[cfg(tokio_unstable)]
+    pub(crate) fn task_born_at(&self, key: &str) -> TaskGuard {
+        self.born_into(self.group(GroupKind::Location, key, || Some(key.to_owned())))
+    }
+
+    /// The named group `key`, created at `location` if it is new.
+    pub(crate) fn named_group(&self, key: &str, location: &Location<'_>) -> Arc<Group> {
+        self.group(GroupKind::Named, key, || Some(location_string(location)))
+    }
+
+    /// Records the birth of a task in `group`.
+    pub(crate) fn born_into(&self, group: Arc<Group>) -> TaskGuard {
         let birth = Birth { at: Instant::now(), epoch: self.epoch() };
         let slot = lock(&group.live).insert(birth);
         group.spawned.fetch_add(1, Ordering::Relaxed);
@@ -154,6 +170,29 @@ impl Registry {
 }
 
 impl Group {
+    fn new(key: &str, kind: GroupKind, location: Option<String>) -> Group {
+        Group {
+            key: key.to_owned(),
+            kind,
+            location,
+            spawned: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            live: Mutex::new(Slab::new()),
+        }
+    }
+
+    /// The group's key.
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Where its tasks are spawned, when known.
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    pub(crate) fn location(&self) -> Option<&str> {
+        self.location.as_deref()
+    }
+
     fn stats(&self, now: Instant) -> GroupStats {
         let mut by_epoch: BTreeMap<u64, u64> = BTreeMap::new();
         let mut oldest: Option<Instant> = None;
@@ -176,6 +215,10 @@ impl Group {
             live_by_epoch: by_epoch.into_iter().map(|(epoch, count)| EpochCount { epoch, count }).collect(),
         }
     }
+}
+
+fn location_string(location: &Location<'_>) -> String {
+    format!("{}:{}", location.file(), location.line())
 }
 
 fn get_or_insert<A: Default>(map: &RwLock<BTreeMap<String, Arc<A>>>, name: &str) -> Arc<A> {

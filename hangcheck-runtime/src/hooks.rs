@@ -1,0 +1,180 @@
+//! tokio's hooks, installed by `instrument` when the runner is there.
+//!
+//! With `--cfg tokio_unstable` (the runner's default build):
+//! - task spawn/terminate hooks count **every** task, whoever spawned it (user code,
+//!   hyper, a client library), in a group keyed by its spawn location, so leaks in tasks
+//!   nobody named are found too; tasks spawned through `hangcheck_runtime::spawn` stay in
+//!   their named group and are not counted twice;
+//! - before/after-poll hooks feed the stall watchdog and name the task being polled.
+//!
+//! On stable tokio only the thread park/unpark hooks exist; they feed the watchdog.
+//!
+//! tokio's builder has one slot per hook and no getter, so a hook set on the builder
+//! before `instrument` is replaced; set your own hooks after calling it, and hangcheck's
+//! are replaced instead (the README says so).
+
+use tokio::runtime::Builder;
+
+use crate::agent::Agent;
+
+#[cfg(tokio_unstable)]
+pub(crate) use unstable::{describe_task, NamedSpawn};
+
+/// Installs the hooks this build of tokio offers.
+pub(crate) fn install(builder: &mut Builder, agent: &'static Agent) {
+    #[cfg(tokio_unstable)]
+    unstable::install(builder, agent);
+    #[cfg(not(tokio_unstable))]
+    {
+        let _ = agent;
+        builder.on_thread_unpark(|| crate::watchdog::busy(0)).on_thread_park(crate::watchdog::idle);
+    }
+}
+
+#[cfg(tokio_unstable)]
+mod unstable {
+    use std::cell::Cell;
+    use std::collections::HashMap;
+    use std::hash::{Hash, Hasher};
+    use std::panic::Location;
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use tokio::runtime::{Builder, TaskMeta};
+
+    use crate::agent::Agent;
+    use crate::registry::{Group, TaskGuard};
+    use crate::watchdog;
+
+    /// What the hooks know about a live task.
+    enum Tracked {
+        /// Counted here, in a location group; dropping the guard ends its record.
+        Location(TaskGuard),
+        /// Counted by its named group (the guard lives in the task); kept only to name
+        /// the task in stall reports.
+        Named(Arc<Group>),
+    }
+
+    impl Tracked {
+        fn group(&self) -> &Group {
+            match self {
+                Tracked::Location(guard) => guard.group(),
+                Tracked::Named(group) => group,
+            }
+        }
+    }
+
+    /// Live tasks by id, sharded so that spawns on different workers rarely meet.
+    const SHARDS: usize = 16;
+    static LIVE: [Mutex<Option<HashMap<u64, Tracked>>>; SHARDS] = [const { Mutex::new(None) }; SHARDS];
+
+    thread_local! {
+        /// The group a `hangcheck_runtime::spawn` on this thread is spawning into; the
+        /// spawn hook runs synchronously inside `tokio::spawn`, on the same thread.
+        static NAMED: Cell<Option<Arc<Group>>> = const { Cell::new(None) };
+    }
+
+    /// Marks the `tokio::spawn` calls made while it lives as spawns into a named group.
+    pub(crate) struct NamedSpawn;
+
+    impl NamedSpawn {
+        pub(crate) fn enter(group: &Arc<Group>) -> NamedSpawn {
+            NAMED.with(|n| n.set(Some(Arc::clone(group))));
+            NamedSpawn
+        }
+    }
+
+    impl Drop for NamedSpawn {
+        fn drop(&mut self) {
+            NAMED.with(|n| n.set(None));
+        }
+    }
+
+    /// tokio's task ids are opaque (`Display`, `Hash`); hashing one writes its u64, so a
+    /// hasher that keeps what it is given reads it without allocating.
+    #[derive(Default)]
+    struct IdReader(u64);
+
+    impl Hasher for IdReader {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+            }
+        }
+        fn write_u64(&mut self, n: u64) {
+            self.0 = n;
+        }
+    }
+
+    fn id_of(meta: &TaskMeta<'_>) -> u64 {
+        let mut reader = IdReader::default();
+        meta.id().hash(&mut reader);
+        reader.finish()
+    }
+
+    fn shard(id: u64) -> std::sync::MutexGuard<'static, Option<HashMap<u64, Tracked>>> {
+        LIVE[(id as usize) % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `file:line` of a spawn; a dependency's path is shortened to start at its crate
+    /// directory (`hyper-1.4.1/src/...`), which names the crate and its version.
+    pub(crate) fn location_key(location: &Location<'_>) -> String {
+        format!("{}:{}", short_path(location.file()), location.line())
+    }
+
+    fn short_path(file: &str) -> &str {
+        const REGISTRY: &str = "/registry/src/";
+        file.find(REGISTRY)
+            .and_then(|i| file[i + REGISTRY.len()..].split_once('/').map(|(_, rest)| rest))
+            .unwrap_or(file)
+    }
+
+    pub(super) fn install(builder: &mut Builder, agent: &'static Agent) {
+        builder
+            .on_task_spawn(move |meta| {
+                let id = id_of(meta);
+                let named = NAMED.with(|n| {
+                    let group = n.take();
+                    n.set(group.clone());
+                    group
+                });
+                let tracked = match named {
+                    Some(group) => Tracked::Named(group),
+                    None => {
+                        let key = location_key(meta.spawned_at());
+                        Tracked::Location(agent.registry.task_born_at(&key))
+                    }
+                };
+                shard(id).get_or_insert_with(HashMap::new).insert(id, tracked);
+            })
+            .on_task_terminate(|meta| {
+                let id = id_of(meta);
+                // Blocking tasks end here without a spawn hook; they are simply absent.
+                // The record is dropped outside the shard's lock.
+                let removed = shard(id).as_mut().and_then(|m| m.remove(&id));
+                drop(removed);
+            })
+            .on_before_task_poll(|meta| watchdog::busy(id_of(meta)))
+            .on_after_task_poll(|_| watchdog::idle());
+    }
+
+    /// The group key and location of a live task, for stall reports.
+    pub(crate) fn describe_task(id: u64) -> Option<(String, Option<String>)> {
+        shard(id).as_ref()?.get(&id).map(|t| (t.group().key().to_owned(), t.group().location().map(str::to_owned)))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn registry_paths_are_shortened_to_the_crate() {
+            let long =
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/hyper-1.4.1/src/proto/h1/dispatch.rs";
+            assert_eq!(short_path(long), "hyper-1.4.1/src/proto/h1/dispatch.rs");
+            assert_eq!(short_path("src/main.rs"), "src/main.rs");
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The stall watchdog: notices a worker stuck inside one poll while it is still stuck.
+//!
+//! Each worker thread owns a slot that tokio's hooks update: "busy since" when it starts
+//! polling a task (with `tokio_unstable`, from the before/after-poll hooks, which also
+//! name the task) or when it wakes from park (stable tokio, from the park/unpark hooks),
+//! and "idle" when the poll ends or the worker parks. Updates are two relaxed atomic
+//! stores. The agent thread reads the slots every few milliseconds; a slot busy for
+//! longer than the threshold is a stall: the agent takes that thread's stack at once and
+//! pushes it to the runner, once per stuck poll.
+//!
+//! On stable tokio a worker that keeps running short polls without ever parking for
+//! longer than the threshold also counts: it starves every other task just the same.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::protocol::{Stall, StalledTask};
+use crate::stacks;
+
+/// The default stall threshold.
+pub(crate) const DEFAULT_THRESHOLD: Duration = Duration::from_millis(250);
+
+/// One worker thread's state.
+struct Worker {
+    tid: i32,
+    /// Nanoseconds since [`anchor`] plus one when it became busy; 0 while idle.
+    busy_since: AtomicU64,
+    /// Counts busy periods, so each stuck poll is reported once.
+    seq: AtomicU64,
+    reported_seq: AtomicU64,
+    /// The task being polled (0: unknown).
+    task: AtomicU64,
+}
+
+static WORKERS: Mutex<Vec<&'static Worker>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static ME: Cell<Option<&'static Worker>> = const { Cell::new(None) };
+}
+
+fn anchor() -> Instant {
+    static ANCHOR: OnceLock<Instant> = OnceLock::new();
+    *ANCHOR.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    anchor().elapsed().as_nanos() as u64 + 1
+}
+
+fn me() -> &'static Worker {
+    ME.with(|me| {
+        if let Some(w) = me.get() {
+            return w;
+        }
+        // Once per worker thread: worker threads live as long as their runtime, so the
+        // slot is leaked rather than reference-counted on every poll.
+        let w: &'static Worker = Box::leak(Box::new(Worker {
+            tid: stacks::current_tid(),
+            busy_since: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            reported_seq: AtomicU64::new(0),
+            task: AtomicU64::new(0),
+        }));
+        WORKERS.lock().unwrap_or_else(PoisonError::into_inner).push(w);
+        me.set(Some(w));
+        w
+    })
+}
+
+/// Called by the hooks when this worker starts running (a poll of `task`, 0 if unknown).
+pub(crate) fn busy(task: u64) {
+    let w = me();
+    w.task.store(task, Ordering::Relaxed);
+    w.seq.fetch_add(1, Ordering::Relaxed);
+    w.busy_since.store(now_ns(), Ordering::Release);
+}
+
+/// Called by the hooks when this worker stops running.
+pub(crate) fn idle() {
+    me().busy_since.store(0, Ordering::Release);
+}
+
+/// The watchdog's settings and count.
+pub(crate) struct Watchdog {
+    threshold: Duration,
+    stalls: AtomicU64,
+}
+
+impl Watchdog {
+    /// Reads the threshold the runner passed (`HANGCHECK_STALL_THRESHOLD_MS`).
+    pub(crate) fn from_env() -> Watchdog {
+        let threshold = std::env::var(crate::protocol::STALL_THRESHOLD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(DEFAULT_THRESHOLD, Duration::from_millis);
+        Watchdog { threshold, stalls: AtomicU64::new(0) }
+    }
+
+    /// Stalls detected so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.stalls.load(Ordering::Relaxed)
+    }
+
+    /// Looks at every worker; for each newly stuck one, takes its stack now and returns
+    /// the stall. `describe` names a task by id (group key, location).
+    pub(crate) fn check(&self, epoch: u64, describe: impl Fn(u64) -> Option<(String, Option<String>)>) -> Vec<Stall> {
+        let workers: Vec<&'static Worker> = WORKERS.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut stalls = Vec::new();
+        let threshold_ns = self.threshold.as_nanos() as u64;
+        for w in workers {
+            let since = w.busy_since.load(Ordering::Acquire);
+            let seq = w.seq.load(Ordering::Relaxed);
+            if since == 0 || w.reported_seq.load(Ordering::Relaxed) == seq {
+                continue;
+            }
+            if now_ns().saturating_sub(since) < threshold_ns {
+                continue;
+            }
+            let task = w.task.load(Ordering::Relaxed);
+            let mut stack = stacks::thread(w.tid, stacks::PER_THREAD);
+            let stuck_ms = now_ns().saturating_sub(since) / 1_000_000;
+            if w.seq.load(Ordering::Relaxed) != seq || w.busy_since.load(Ordering::Acquire) != since {
+                stack.note =
+                    Some("the poll ended while the stack was being taken; the stack may show later work".into());
+            }
+            w.reported_seq.store(seq, Ordering::Relaxed);
+            self.stalls.fetch_add(1, Ordering::Relaxed);
+            let task = (task != 0).then(|| {
+                let (group, location) = describe(task).map_or((None, None), |(g, l)| (Some(g), l));
+                StalledTask { id: task, group, location }
+            });
+            stalls.push(Stall {
+                tid: w.tid as u32,
+                thread: stack.name.clone(),
+                stuck_ms,
+                threshold_ms: self.threshold.as_millis() as u64,
+                epoch,
+                task,
+                stack,
+            });
+        }
+        stalls
+    }
+}
