@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::link::{AgentLink, LinkError};
-use crate::signal::Interrupt;
+use crate::signal::Signals;
 
 /// How long a single snapshot request may take.
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,13 +29,13 @@ pub fn settle(
     before: &Snapshot,
     max: Duration,
     config: &Config,
-    interrupt: &Interrupt,
+    signals: &Signals,
 ) -> Result<Snapshot, LinkError> {
     let deadline = Instant::now() + max;
     let mut pause = Duration::from_millis(5);
     loop {
         let now = link.snapshot(SNAPSHOT_TIMEOUT)?;
-        if !grew(before, &now, config) || Instant::now() >= deadline || interrupt.is_set() {
+        if !grew(before, &now, config) || Instant::now() >= deadline || signals.interrupted() {
             return Ok(now);
         }
         std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
@@ -189,6 +189,8 @@ mod tests {
             startup_timeout: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(1),
             settle: Duration::from_secs(1),
+            stall_threshold: Duration::from_millis(250),
+            fail_fast: false,
             allow_growth: allow,
             ignore: ignore.iter().map(|s| s.to_string()).collect(),
         }

@@ -28,10 +28,25 @@ pub struct Hangcheck {
 }
 
 /// The verbs.
+// Parsed once per process; boxing the large variant would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Build and start the server, run its E2E tests one at a time, report what leaks.
     Test(TestArgs),
+    /// Print the server's stacks from the run in progress (it keeps running).
+    Stacks(LocateArgs),
+}
+
+/// Where to look for a run in progress.
+#[derive(Args, Debug, Default, Clone)]
+pub struct LocateArgs {
+    /// Path to Cargo.toml.
+    #[arg(long, value_name = "PATH")]
+    pub manifest_path: Option<PathBuf>,
+    /// The target directory the run uses.
+    #[arg(long, value_name = "DIRECTORY")]
+    pub target_dir: Option<PathBuf>,
 }
 
 /// When to use colour.
@@ -110,6 +125,13 @@ pub struct TestArgs {
     /// Longest wait for task counts to come back down after a test [config: settle; default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
     pub settle: Option<Duration>,
+
+    /// A worker stuck in one poll this long is a stall; 0 turns the watchdog off [config: stall-threshold; default: 250ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
+    pub stall_threshold: Option<Duration>,
+    /// Stop at the first failed or hung test.
+    #[arg(long, help_heading = "Timeouts")]
+    pub fail_fast: bool,
 
     /// Live tasks a group may gain over the run before it is a leak [config: leaks.allow-growth; default: 0].
     #[arg(long, value_name = "N", help_heading = "Leak Policy")]

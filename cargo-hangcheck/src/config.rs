@@ -23,6 +23,8 @@ struct FileConfig {
     startup_timeout: Option<String>,
     shutdown_grace: Option<String>,
     settle: Option<String>,
+    stall_threshold: Option<String>,
+    fail_fast: Option<bool>,
     leaks: Option<LeaksTable>,
 }
 
@@ -75,6 +77,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Longest settle wait after a test.
     pub settle: Duration,
+    /// A poll longer than this is a stall; zero turns the watchdog off.
+    pub stall_threshold: Duration,
+    /// Stop at the first failed or hung test.
+    pub fail_fast: bool,
     /// Live-count growth a group may have before it is a leak.
     pub allow_growth: u64,
     /// Group names or location prefixes never judged.
@@ -182,6 +188,13 @@ impl Config {
                 Duration::from_secs(5),
             )?,
             settle: duration(args.settle, file.settle, "settle", Duration::from_secs(1))?,
+            stall_threshold: duration(
+                args.stall_threshold,
+                file.stall_threshold,
+                "stall-threshold",
+                Duration::from_millis(250),
+            )?,
+            fail_fast: args.fail_fast || file.fail_fast.unwrap_or(false),
             allow_growth: args.allow_growth.or(leaks.allow_growth).unwrap_or(0),
             ignore,
         })
@@ -191,6 +204,22 @@ impl Config {
     pub fn ignores(&self, key: &str, location: Option<&str>) -> bool {
         self.ignore.iter().any(|p| key.starts_with(p.as_str()) || location.is_some_and(|l| l.starts_with(p.as_str())))
     }
+}
+
+/// `<target-dir>/hangcheck` of the workspace at `manifest_path` (or the current one).
+pub fn hangcheck_dir(
+    manifest_path: Option<&std::path::Path>,
+    target_dir: Option<&std::path::Path>,
+) -> Result<PathBuf, SetupError> {
+    if let Some(dir) = target_dir {
+        return Ok(dir.join("hangcheck"));
+    }
+    let mut cmd = MetadataCommand::new();
+    cmd.no_deps();
+    if let Some(path) = manifest_path {
+        cmd.manifest_path(path);
+    }
+    Ok(cmd.exec()?.target_directory.into_std_path_buf().join("hangcheck"))
 }
 
 fn select_package<'m>(metadata: &'m Metadata, spec: Option<&str>) -> Result<&'m Package, SetupError> {
@@ -251,6 +280,8 @@ fn merge(ws: FileConfig, pkg: FileConfig) -> FileConfig {
         startup_timeout: pkg.startup_timeout.or(ws.startup_timeout),
         shutdown_grace: pkg.shutdown_grace.or(ws.shutdown_grace),
         settle: pkg.settle.or(ws.settle),
+        stall_threshold: pkg.stall_threshold.or(ws.stall_threshold),
+        fail_fast: pkg.fail_fast.or(ws.fail_fast),
         leaks,
     }
 }

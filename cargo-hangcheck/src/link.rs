@@ -14,7 +14,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use hangcheck_runtime::protocol::{
-    self, AgentMessage, Announcement, Hello, ProtocolError, RunnerMessage, Snapshot, MAX_AGENT_MESSAGE,
+    self, AgentMessage, Announcement, Hello, ProtocolError, RunnerMessage, Snapshot, Stacks, Stall, MAX_AGENT_MESSAGE,
 };
 
 /// Something the agent said (or that happened to the connection) outside an answer.
@@ -22,6 +22,13 @@ use hangcheck_runtime::protocol::{
 pub enum LinkEvent {
     /// The server announced an address.
     Announce(Announcement),
+    /// A worker stalled; the stall was written to `file` (durably) as it arrived.
+    Stall {
+        /// What the agent reported.
+        stall: Box<Stall>,
+        /// Where it was written, if writing worked.
+        file: Option<PathBuf>,
+    },
     /// The agent sent something that was not a valid message.
     ProtocolError(String),
     /// The connection ended.
@@ -93,8 +100,13 @@ pub struct AgentLink {
 
 impl AgentLink {
     /// Reads the hello from a freshly accepted stream, within `deadline`, and starts the
-    /// reader thread.
-    pub fn handshake(stream: UnixStream, deadline: Instant) -> Result<(AgentLink, Hello), String> {
+    /// reader thread. `on_stall` runs on the reader thread as each stall arrives, so that
+    /// the stall is on disk at once, whatever happens to the server next.
+    pub fn handshake(
+        stream: UnixStream,
+        deadline: Instant,
+        mut on_stall: impl FnMut(&Stall) -> Option<PathBuf> + Send + 'static,
+    ) -> Result<(AgentLink, Hello), String> {
         stream.set_nonblocking(false).map_err(|e| e.to_string())?;
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         stream.set_read_timeout(Some(remaining)).map_err(|e| e.to_string())?;
@@ -117,6 +129,10 @@ impl AgentLink {
                 match protocol::read_message::<_, AgentMessage>(&mut reader, &mut buf, MAX_AGENT_MESSAGE) {
                     Ok(AgentMessage::Announce(a)) => {
                         let _ = event_tx.send(LinkEvent::Announce(a));
+                    }
+                    Ok(AgentMessage::Stall(stall)) => {
+                        let file = on_stall(&stall);
+                        let _ = event_tx.send(LinkEvent::Stall { stall: Box::new(stall), file });
                     }
                     Ok(msg) => {
                         let _ = answer_tx.send(msg);
@@ -165,6 +181,14 @@ impl AgentLink {
         }
     }
 
+    /// Asks for every thread's stack.
+    pub fn stacks(&mut self, timeout: Duration) -> Result<Stacks, LinkError> {
+        match self.request(|id| RunnerMessage::Stacks { id }, timeout)? {
+            AgentMessage::Stacks { stacks, .. } => Ok(stacks),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Starts a new epoch in the server.
     pub fn set_epoch(&mut self, epoch: u64, timeout: Duration) -> Result<(), LinkError> {
         match self.request(|id| RunnerMessage::Epoch { id, epoch }, timeout)? {
@@ -193,7 +217,7 @@ impl Drop for AgentLink {
 
 fn answer_id(msg: &AgentMessage) -> Option<u64> {
     match msg {
-        AgentMessage::Snapshot { id, .. } | AgentMessage::Ack { id } => Some(*id),
+        AgentMessage::Snapshot { id, .. } | AgentMessage::Stacks { id, .. } | AgentMessage::Ack { id } => Some(*id),
         AgentMessage::Error { id, .. } => *id,
         _ => None,
     }

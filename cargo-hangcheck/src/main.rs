@@ -4,7 +4,8 @@
 //! The modules follow the steps of a run (DESIGN.md): [`config`] → [`build`] →
 //! [`server`] (with [`link`], the agent connection) → [`suite`] → [`analysis`] →
 //! [`report`], with [`process`] owning every child's lifecycle and [`rundir`] every
-//! artifact.
+//! artifact. [`stacks`] fetches the server's stacks (agent, or gdb from outside) and
+//! [`ondemand`] serves them to a second terminal while a run is in progress.
 
 mod analysis;
 mod build;
@@ -13,12 +14,14 @@ mod config;
 mod errors;
 mod exit;
 mod link;
+mod ondemand;
 mod process;
 mod report;
 mod run;
 mod rundir;
 mod server;
 mod signal;
+mod stacks;
 mod suite;
 
 use clap::Parser;
@@ -43,6 +46,7 @@ fn main() {
     // child's process group, so even then nothing is left running.
     let code = std::panic::catch_unwind(AssertUnwindSafe(|| match &args.command {
         Command::Test(test) => run::test(test),
+        Command::Stacks(locate) => ondemand::command(locate),
     }))
     .unwrap_or(exit::INTERNAL);
     std::process::exit(code);

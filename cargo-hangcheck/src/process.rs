@@ -16,7 +16,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::rundir::Evidence;
-use crate::signal::Interrupt;
+use crate::signal::Signals;
 
 /// How often bounded waits look at the child.
 const POLL: Duration = Duration::from_millis(5);
@@ -73,12 +73,12 @@ impl GroupChild {
     }
 
     /// Waits until the child exits, the deadline passes, or the runner is interrupted.
-    pub fn wait_until(&mut self, deadline: Instant, interrupt: &Interrupt) -> Wait {
+    pub fn wait_until(&mut self, deadline: Instant, signals: &Signals) -> Wait {
         loop {
             if let Some(status) = self.try_wait() {
                 return Wait::Exited(status);
             }
-            if interrupt.is_set() {
+            if signals.interrupted() {
                 return Wait::Interrupted;
             }
             let now = Instant::now();
@@ -228,7 +228,7 @@ mod tests {
     fn bounded_wait_times_out_and_drop_kills() {
         let mut child = GroupChild::spawn(&mut sh("sleep 30")).unwrap();
         let pid = child.pid();
-        let w = child.wait_until(Instant::now() + Duration::from_millis(50), &Interrupt::default());
+        let w = child.wait_until(Instant::now() + Duration::from_millis(50), &Signals::default());
         assert!(matches!(w, Wait::TimedOut));
         drop(child);
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
@@ -238,12 +238,12 @@ mod tests {
     #[test]
     fn describes_exit_statuses() {
         let mut c = GroupChild::spawn(&mut sh("exit 3")).unwrap();
-        let Wait::Exited(s) = c.wait_until(Instant::now() + Duration::from_secs(10), &Interrupt::default()) else {
+        let Wait::Exited(s) = c.wait_until(Instant::now() + Duration::from_secs(10), &Signals::default()) else {
             panic!("sh did not exit")
         };
         assert_eq!(describe(s), "exit code 3");
         let mut c = GroupChild::spawn(&mut sh("kill -9 $$")).unwrap();
-        let Wait::Exited(s) = c.wait_until(Instant::now() + Duration::from_secs(10), &Interrupt::default()) else {
+        let Wait::Exited(s) = c.wait_until(Instant::now() + Duration::from_secs(10), &Signals::default()) else {
             panic!("sh did not exit")
         };
         assert_eq!(describe(s), "signal 9 (SIGKILL)");

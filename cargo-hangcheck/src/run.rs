@@ -4,13 +4,16 @@
 //! settle, snapshot (appended durably to `snapshots.jsonl`) → final settled snapshot →
 //! leak verdicts → stop the server → report.
 //!
-//! Whatever happens after the run directory exists, a `report.json` is written, and every
-//! process the run started is gone before it returns.
+//! Whenever something hangs (a test past its timeout, the server past its shutdown
+//! grace), the server's stacks and a snapshot are fetched from the live process and
+//! written durably before anything is signalled. Whatever happens after the run directory
+//! exists, a `report.json` is written, and every process the run started is gone before
+//! it returns.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hangcheck_runtime::protocol::Snapshot;
+use hangcheck_runtime::protocol::{Snapshot, Stall};
 
 use crate::analysis::{self, Epochs, Leak, SNAPSHOT_TIMEOUT};
 use crate::build::{self, Built};
@@ -19,15 +22,17 @@ use crate::config::Config;
 use crate::errors::SetupError;
 use crate::exit;
 use crate::link::AgentLink;
-use crate::report::{self, terminal, Report, ServerEntry, ShutdownEntry, TestEntry, TestRecord, Verdict};
+use crate::ondemand;
+use crate::report::{self, terminal, Report, ShutdownEntry, StallEntry, Survivor, TestRecord, Verdict};
 use crate::rundir::{Evidence, RunDir};
 use crate::server::{Server, Stop};
-use crate::signal::Interrupt;
-use crate::suite::{self, Outcome};
+use crate::signal::Signals;
+use crate::stacks;
+use crate::suite::{self, Outcome, Probe, TestCase};
 
 /// Runs `cargo hangcheck test` and returns the exit code.
 pub fn test(args: &TestArgs) -> i32 {
-    let interrupt = Interrupt::install();
+    let signals = Signals::install();
     let config = match Config::resolve(args) {
         Ok(c) => c,
         Err(e) => return setup_failed(&e),
@@ -44,9 +49,12 @@ pub fn test(args: &TestArgs) -> i32 {
         Ok(d) => d,
         Err(e) => return setup_failed(&SetupError::io("cannot create the run directory")(e)),
     };
-    let mut run = Run::new(config, built, run_dir, interrupt);
+    let marker = ondemand::announce_runner(&run_dir);
+    let mut run = Run::new(config, built, run_dir, signals);
     let result = run.execute();
-    run.finish(result)
+    let code = run.finish(result);
+    drop(marker);
+    code
 }
 
 fn setup_failed(e: &SetupError) -> i32 {
@@ -77,37 +85,39 @@ struct Run {
     config: Config,
     built: Built,
     run_dir: RunDir,
-    interrupt: Interrupt,
-    started: Instant,
+    signals: Signals,
+    started: std::time::Instant,
     server: Option<Server>,
     baseline: Option<Snapshot>,
     last: Option<Snapshot>,
     tests: Vec<TestRecord>,
+    stalls: Vec<StallEntry>,
     leaks: Vec<Leak>,
     shutdown: ShutdownEntry,
     protocol_errors: Vec<String>,
 }
 
 impl Run {
-    fn new(config: Config, built: Built, run_dir: RunDir, interrupt: Interrupt) -> Run {
+    fn new(config: Config, built: Built, run_dir: RunDir, signals: Signals) -> Run {
         Run {
             config,
             built,
             run_dir,
-            interrupt,
-            started: Instant::now(),
+            signals,
+            started: std::time::Instant::now(),
             server: None,
             baseline: None,
             last: None,
             tests: Vec::new(),
+            stalls: Vec::new(),
             leaks: Vec::new(),
-            shutdown: ShutdownEntry { outcome: "not-reached", evidence: Vec::new() },
+            shutdown: ShutdownEntry::not_reached(),
             protocol_errors: Vec::new(),
         }
     }
 
     fn execute(&mut self) -> Result<(), SetupError> {
-        let cases = suite::list(&self.config, &self.built, &self.run_dir, &self.interrupt)?;
+        let cases = suite::list(&self.config, &self.built, &self.run_dir, &self.signals)?;
         if cases.is_empty() {
             terminal::warn("no test matches the filters; the server is still started, judged and stopped");
         }
@@ -120,57 +130,35 @@ impl Run {
                 self.run_dir.path().display()
             ),
         );
-        let server = self.server.insert(Server::start(&self.config, &self.built, &self.run_dir, &self.interrupt)?);
+        let server = self.server.insert(Server::start(&self.config, &self.built, &self.run_dir, &self.signals)?);
         let addrs: Vec<String> = server.addrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
         terminal::status("Ready", format!("pid {}, announced {}", server.child.pid(), addrs.join(" ")));
-        let baseline = self.snapshot("baseline", 0)?;
+        let baseline = self.snapshot("the baseline")?;
         self.record_snapshot("baseline", None, &baseline)?;
         self.baseline = Some(baseline.clone());
         self.last = Some(baseline);
         terminal::status("Running", format!("{} tests, one at a time", cases.len()));
 
         for (i, case) in cases.iter().enumerate() {
-            if self.interrupt.is_set() {
+            if self.signals.interrupted() {
                 break;
             }
-            let epoch = i as u64 + 1;
-            let server = self.server.as_mut().expect("the server is started before any test");
-            server.link.set_epoch(epoch, SNAPSHOT_TIMEOUT).map_err(|e| SetupError::Server {
-                cause: format!("the agent stopped answering before {}: {e}", case.id()),
-                log: Some(server.log.clone()),
-            })?;
-            let env = server.test_env();
-            let id = case.id();
-            let run_dir = &self.run_dir;
-            let link = &mut server.link;
-            let run = suite::run(case, &self.config, &env, run_dir, &self.interrupt, || {
-                hang_evidence(link, run_dir, &format!("hangs/{id}.snapshot.json"))
-            });
-            let interrupted = run.outcome == Outcome::Interrupted;
-            let errors = self.server_mut().take_announcements();
-            self.protocol_errors.extend(errors);
-            self.check_server_alive(&id)?;
-            let previous = self.last.clone().unwrap_or_default();
-            let snapshot = if interrupted { None } else { Some(self.settle(&previous, &id)?) };
-            if let Some(s) = &snapshot {
-                self.record_snapshot(&id, Some(epoch), s)?;
-            }
-            let record = TestRecord { case: case.clone(), epoch, run, snapshot };
-            terminal::test_line(&record, self.last.as_ref());
-            if let Some(s) = &record.snapshot {
-                self.last = Some(s.clone());
-            }
+            let record = self.run_one(case, i as u64 + 1)?;
+            let stop = self.config.fail_fast && record.run.outcome != Outcome::Passed;
             self.tests.push(record);
+            if stop {
+                terminal::warn("stopping at the first failure (--fail-fast)");
+                break;
+            }
         }
-
-        if self.interrupt.is_set() {
+        if self.signals.interrupted() {
             return Ok(());
         }
-        let after = cases.len() as u64 + 1;
-        let server = self.server_mut();
-        let _ = server.link.set_epoch(after, SNAPSHOT_TIMEOUT);
+        let after = self.tests.len() as u64 + 1;
+        let _ = self.server_mut().link.set_epoch(after, SNAPSHOT_TIMEOUT);
         let baseline = self.baseline.clone().unwrap_or_default();
-        let last = self.settle(&baseline, "the final snapshot")?;
+        let last = self.settle(&baseline, "the last test")?;
+        self.take_events(None);
         self.record_snapshot("final", Some(after), &last)?;
         let names: Vec<String> = self.tests.iter().map(|t| t.case.id()).collect();
         self.leaks = analysis::leaks(&baseline, &last, &Epochs { names: &names }, &self.config);
@@ -178,14 +166,58 @@ impl Run {
         Ok(())
     }
 
+    /// Runs one test in epoch `epoch`, then settles and snapshots.
+    fn run_one(&mut self, case: &TestCase, epoch: u64) -> Result<TestRecord, SetupError> {
+        let id = case.id();
+        let server = self.server.as_mut().expect("the server is started before any test");
+        server.link.set_epoch(epoch, SNAPSHOT_TIMEOUT).map_err(|e| SetupError::Server {
+            cause: format!("the agent stopped answering before {id}: {e}"),
+            log: Some(server.log.clone()),
+        })?;
+        let mut env = server.test_env();
+        env.push(("HANGCHECK_SERVER_PID".to_owned(), server.child.pid().to_string()));
+        let mut probe = ServerProbe { server, run_dir: &self.run_dir, signals: &self.signals, stacks_source: None };
+        let run = suite::run(case, &self.config, &env, &self.run_dir, &self.signals, &mut probe);
+        let stacks_source = probe.stacks_source;
+        self.take_events(Some(&id));
+        let mut record = TestRecord { case: case.clone(), epoch, run, snapshot: None, stacks_source };
+        let outcome = self.after_test(&mut record);
+        self.take_events(Some(&id));
+        terminal::test_line(&record, self.last.as_ref());
+        if let Some(s) = &record.snapshot {
+            self.last = Some(s.clone());
+        }
+        match outcome {
+            Ok(()) => Ok(record),
+            Err(e) => {
+                self.tests.push(record);
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks the server after a test and takes its settled snapshot.
+    fn after_test(&mut self, record: &mut TestRecord) -> Result<(), SetupError> {
+        let id = record.case.id();
+        self.check_server_alive(&id)?;
+        if record.run.outcome == Outcome::Interrupted {
+            return Ok(());
+        }
+        let previous = self.last.clone().unwrap_or_default();
+        let snapshot = self.settle(&previous, &id)?;
+        self.record_snapshot(&id, Some(record.epoch), &snapshot)?;
+        record.snapshot = Some(snapshot);
+        Ok(())
+    }
+
     fn server_mut(&mut self) -> &mut Server {
         self.server.as_mut().expect("the server is started before any test")
     }
 
-    fn snapshot(&mut self, label: &str, _epoch: u64) -> Result<Snapshot, SetupError> {
+    fn snapshot(&mut self, what: &str) -> Result<Snapshot, SetupError> {
         let server = self.server_mut();
         server.link.snapshot(SNAPSHOT_TIMEOUT).map_err(|e| SetupError::Server {
-            cause: format!("the agent did not answer the {label} snapshot: {e}"),
+            cause: format!("the agent did not answer {what} snapshot: {e}"),
             log: Some(server.log.clone()),
         })
     }
@@ -193,12 +225,30 @@ impl Run {
     fn settle(&mut self, before: &Snapshot, after: &str) -> Result<Snapshot, SetupError> {
         let settle = self.config.settle;
         let server = self.server.as_mut().expect("the server is started before any test");
-        analysis::settle(&mut server.link, before, settle, &self.config, &self.interrupt).map_err(|e| {
-            SetupError::Server {
-                cause: format!("the agent stopped answering after {after}: {e}"),
-                log: Some(server.log.clone()),
-            }
+        analysis::settle(&mut server.link, before, settle, &self.config, &self.signals).map_err(|e| {
+            let stopped = stacks::process_state(server.child.pid()) == "T";
+            let cause = if stopped {
+                format!("the server is stopped (SIGSTOP) and cannot answer after {after}: {e}")
+            } else {
+                format!("the agent stopped answering after {after}: {e}")
+            };
+            SetupError::Server { cause, log: Some(server.log.clone()) }
         })
+    }
+
+    /// Collects what the agent pushed on its own: stalls (already on disk, printed now,
+    /// attributed to the test whose epoch they came in, `current` being the running one)
+    /// and protocol errors.
+    fn take_events(&mut self, current: Option<&str>) {
+        let Some(server) = self.server.as_mut() else { return };
+        let events = server.take_events();
+        self.protocol_errors.extend(events.protocol_errors);
+        let names: Vec<String> = self.tests.iter().map(|t| t.case.id()).chain(current.map(str::to_owned)).collect();
+        for (stall, file) in events.stalls {
+            let entry = stall_entry(&stall, file, &names);
+            terminal::stall(&entry);
+            self.stalls.push(entry);
+        }
     }
 
     fn check_server_alive(&mut self, test: &str) -> Result<(), SetupError> {
@@ -223,30 +273,20 @@ impl Run {
     /// code.
     fn finish(mut self, result: Result<(), SetupError>) -> i32 {
         let mut error = result.err();
-        if let Some(server) = self.server.as_mut() {
-            let grace = if self.interrupt.is_set() { Duration::from_millis(500) } else { self.config.shutdown_grace };
-            let run_dir = &self.run_dir;
-            let mut evidence = Vec::new();
-            let stop = server.stop(grace, |link| {
-                let ev = hang_evidence(link, run_dir, "shutdown/snapshot.json");
-                evidence = ev.files.clone();
-                ev
-            });
-            self.shutdown = ShutdownEntry { outcome: if stop == Stop::Hung { "hung" } else { "clean" }, evidence };
-            if stop == Stop::Hung {
-                terminal::error(
-                    format!("shutdown hang: the server was still running {:?} after SIGTERM and was killed", grace),
-                    &self.shutdown.evidence.iter().map(|p| format!("evidence: {}", p.display())).collect::<Vec<_>>(),
-                );
-            }
-        }
-        if error.is_none() && self.interrupt.is_set() {
+        self.stop_server();
+        self.take_events(None);
+        if error.is_none() && self.signals.interrupted() {
             error = Some(SetupError::Interrupted);
         }
+        let hang = self.shutdown.outcome == "hung"
+            || !self.stalls.is_empty()
+            || self.tests.iter().any(|t| t.run.outcome == Outcome::TimedOut);
         let verdict = match &error {
             Some(SetupError::Interrupted) => Verdict::Interrupted,
+            // A run that ended because something hung reports the hang.
+            Some(_) if hang => Verdict::Hang,
             Some(_) => Verdict::SetupError,
-            None => report::verdict(&self.tests, &self.leaks, self.shutdown.outcome == "hung", false),
+            None => report::verdict(&self.tests, &self.leaks, hang, false),
         };
         if let Some(e) = &error {
             setup_failed(e);
@@ -256,6 +296,7 @@ impl Run {
             terminal::table(baseline, &self.tests);
             terminal::leaks(&self.leaks);
         }
+        terminal::stall_summary(&self.stalls);
         let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
         if let Err(e) = self.run_dir.write_durable("report.json", &json) {
             terminal::error(format!("cannot write report.json: {e}"), &[]);
@@ -267,6 +308,42 @@ impl Run {
         report.exit_code
     }
 
+    /// SIGTERM and the grace period; a server still running after it is a shutdown hang:
+    /// its stacks and a snapshot (which groups are still alive, and how old) are written
+    /// before it is SIGKILLed.
+    fn stop_server(&mut self) {
+        let Some(server) = self.server.as_mut() else { return };
+        let grace = if self.signals.interrupted() { Duration::from_millis(500) } else { self.config.shutdown_grace };
+        let run_dir = &self.run_dir;
+        let mut taken = None;
+        let stop = server.stop(grace, |link, pid| {
+            let (evidence, source, snapshot) = hang_evidence(link, pid, run_dir, "shutdown");
+            taken = Some((evidence.files.clone(), source, snapshot));
+            evidence
+        });
+        let (evidence, source, snapshot) = taken.unwrap_or_default();
+        let survivors = snapshot
+            .iter()
+            .flat_map(|s| s.groups.iter())
+            .filter(|g| g.live > 0)
+            .map(|g| Survivor {
+                group: g.key.clone(),
+                location: g.location.clone(),
+                live: g.live,
+                oldest_age_ms: g.oldest_age_ms,
+            })
+            .collect();
+        self.shutdown = ShutdownEntry {
+            outcome: if stop == Stop::Hung { "hung" } else { "clean" },
+            evidence,
+            stacks_source: (stop == Stop::Hung).then_some(source),
+            survivors,
+        };
+        if stop == Stop::Hung {
+            terminal::shutdown_hang(&self.shutdown, grace);
+        }
+    }
+
     fn report(&self, verdict: Verdict, error: Option<String>) -> Report {
         let server = self.server.as_ref();
         Report {
@@ -276,7 +353,7 @@ impl Run {
             verdict,
             exit_code: verdict.exit_code(),
             error,
-            server: ServerEntry {
+            server: report::ServerEntry {
                 bin: self.config.server_bin.clone(),
                 pid: server.map(|s| s.child.pid()),
                 tokio_unstable: self.built.tokio_unstable,
@@ -286,28 +363,81 @@ impl Run {
             },
             run_dir: self.run_dir.path().to_owned(),
             duration_ms: self.started.elapsed().as_millis() as u64,
-            tests: self.tests.iter().map(TestEntry::from_record).collect(),
+            tests: self.tests.iter().map(report::TestEntry::from_record).collect(),
             baseline: self.baseline.clone(),
             final_snapshot: self.last.clone(),
             leaks: self.leaks.clone(),
-            shutdown: ShutdownEntry { outcome: self.shutdown.outcome, evidence: self.shutdown.evidence.clone() },
+            stalls: self.stalls.clone(),
+            shutdown: self.shutdown.clone(),
             protocol_errors: self.protocol_errors.clone(),
         }
     }
 }
 
-/// What the runner writes about a hung server before anything is signalled: a snapshot
-/// (which groups are alive, and how old), fetched from the live agent under a timeout.
-fn hang_evidence(link: &mut AgentLink, run_dir: &RunDir, name: &str) -> Evidence {
-    let body = match link.snapshot(SNAPSHOT_TIMEOUT) {
-        Ok(s) => serde_json::to_vec_pretty(&s).unwrap_or_default(),
-        Err(e) => format!("{{\"error\": {:?}}}\n", format!("no snapshot: {e}")).into_bytes(),
-    };
-    match run_dir.write_evidence(PathBuf::from(name), &body) {
-        Ok(ev) => ev,
-        Err(e) => {
-            terminal::warn(format!("cannot write {name}: {e}"));
-            Evidence::none("writing the evidence failed")
+/// The run's side of a running test: serves on-demand stacks while it runs, and writes
+/// the evidence when it hangs.
+struct ServerProbe<'a> {
+    server: &'a mut Server,
+    run_dir: &'a RunDir,
+    signals: &'a Signals,
+    stacks_source: Option<&'static str>,
+}
+
+impl Probe for ServerProbe<'_> {
+    fn tick(&mut self) {
+        if self.signals.take_stacks_request() {
+            ondemand::serve(&mut self.server.link, self.server.child.pid(), self.run_dir);
         }
+    }
+
+    fn hung(&mut self, case: &TestCase) -> Evidence {
+        terminal::status("Hung", format!("{}: taking the server's stacks before stopping the test", case.id()));
+        let (evidence, source, _) = hang_evidence(
+            &mut self.server.link,
+            self.server.child.pid(),
+            self.run_dir,
+            &format!("hangs/{}", case.id()),
+        );
+        self.stacks_source = Some(source);
+        evidence
+    }
+}
+
+/// What the runner writes about a hung server before anything is signalled: its stacks
+/// (agent, or gdb from outside) and a snapshot (which groups are alive, and how old), as
+/// `<prefix>.stacks.txt` and `<prefix>.snapshot.json`, each fsynced.
+fn hang_evidence(
+    link: &mut AgentLink,
+    pid: u32,
+    run_dir: &RunDir,
+    prefix: &str,
+) -> (Evidence, &'static str, Option<Snapshot>) {
+    let fetched = stacks::fetch(link, pid, run_dir);
+    let snapshot = link.snapshot(SNAPSHOT_TIMEOUT);
+    let snapshot_body = match &snapshot {
+        Ok(s) => serde_json::to_vec_pretty(s).unwrap_or_default(),
+        Err(e) => serde_json::to_vec(&serde_json::json!({ "error": format!("no snapshot: {e}") })).unwrap_or_default(),
+    };
+    let evidence = run_dir.write_all_evidence(&[
+        (format!("{prefix}.stacks.txt"), fetched.text.into_bytes()),
+        (format!("{prefix}.snapshot.json"), snapshot_body),
+    ]);
+    (evidence, fetched.source, snapshot.ok())
+}
+
+fn stall_entry(stall: &Stall, file: Option<PathBuf>, names: &[String]) -> StallEntry {
+    let owner = Epochs { names }.owner(stall.epoch);
+    StallEntry {
+        test: (stall.epoch as usize <= names.len()).then_some(owner),
+        epoch: stall.epoch,
+        tid: stall.tid,
+        thread: stall.thread.clone(),
+        stuck_ms: stall.stuck_ms,
+        threshold_ms: stall.threshold_ms,
+        task: stall.task.clone(),
+        blocked_in: report::culprit(&stall.stack.frames),
+        note: stall.stack.note.clone(),
+        file,
+        frames: stall.stack.frames.clone(),
     }
 }

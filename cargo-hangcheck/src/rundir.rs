@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The directory of one run.
+#[derive(Clone)]
 pub struct RunDir {
     path: PathBuf,
 }
@@ -85,10 +86,17 @@ impl RunDir {
         Ok(dest)
     }
 
-    /// Writes evidence about a process, durably, and returns the proof that it is on disk.
-    pub fn write_evidence(&self, name: impl AsRef<Path>, bytes: &[u8]) -> io::Result<Evidence> {
-        let path = self.write_durable(name, bytes)?;
-        Ok(Evidence { files: vec![path] })
+    /// Writes several evidence files; those that cannot be written are reported and
+    /// left out (a missing file must not keep a hung process alive forever).
+    pub fn write_all_evidence(&self, files: &[(String, Vec<u8>)]) -> Evidence {
+        let mut evidence = Evidence { files: Vec::new() };
+        for (name, bytes) in files {
+            match self.write_durable(name, bytes) {
+                Ok(path) => evidence.files.push(path),
+                Err(e) => eprintln!("warning: cannot write {name}: {e}"),
+            }
+        }
+        evidence
     }
 
     /// Appends one line to a file and fsyncs it.
@@ -127,7 +135,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let run = RunDir::create(root.path()).unwrap();
         run.write_durable("a.txt", b"one").unwrap();
-        let ev = run.write_evidence("stacks/a.txt", b"two").unwrap();
+        let ev = run.write_all_evidence(&[("stacks/a.txt".to_owned(), b"two".to_vec())]);
         assert_eq!(fs::read(&ev.files[0]).unwrap(), b"two");
         assert_eq!(fs::read(run.join("a.txt")).unwrap(), b"one");
         assert_eq!(fs::canonicalize(root.path().join("latest")).unwrap(), fs::canonicalize(run.path()).unwrap());

@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hangcheck_runtime::protocol::{Announcement, Hello, SOCKET_ENV};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hangcheck_runtime::protocol::{Announcement, Hello, Stall, SOCKET_ENV, STALL_THRESHOLD_ENV};
 
 use crate::build::Built;
 use crate::cli::Ready;
@@ -19,7 +22,7 @@ use crate::errors::SetupError;
 use crate::link::{AgentLink, LinkEvent, Listener};
 use crate::process::{describe, GroupChild, Termination};
 use crate::rundir::{Evidence, RunDir};
-use crate::signal::Interrupt;
+use crate::signal::Signals;
 
 /// A started server with a live agent connection.
 pub struct Server {
@@ -33,7 +36,41 @@ pub struct Server {
     pub addrs: BTreeMap<String, String>,
     /// The server log.
     pub log: std::path::PathBuf,
+    /// Events that arrived while waiting for readiness.
+    early: Events,
     _listener: Listener,
+}
+
+/// What the agent sent on its own between two looks.
+#[derive(Default)]
+pub struct Events {
+    /// Stalls, each with the file it was written to.
+    pub stalls: Vec<(Stall, Option<PathBuf>)>,
+    /// Messages that were not valid protocol.
+    pub protocol_errors: Vec<String>,
+}
+
+/// Writes each stall to `stalls/` durably, on the link's reader thread, the moment it
+/// arrives.
+fn stall_writer(run_dir: RunDir) -> impl FnMut(&Stall) -> Option<PathBuf> + Send + 'static {
+    let n = AtomicU64::new(0);
+    move |stall| {
+        let n = n.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut text = format!(
+            "hangcheck: stall {n}: worker {} \"{}\" stuck in one poll for {} ms (threshold {} ms), epoch {}\n",
+            stall.tid, stall.thread, stall.stuck_ms, stall.threshold_ms, stall.epoch
+        );
+        if let Some(task) = &stall.task {
+            text.push_str(&format!(
+                "task {} of group {} spawned at {}\n",
+                task.id,
+                task.group.as_deref().unwrap_or("?"),
+                task.location.as_deref().unwrap_or("?")
+            ));
+        }
+        text.push_str(&stall.stack.render());
+        run_dir.write_durable(format!("stalls/stall-{n}.txt"), text.as_bytes()).ok()
+    }
 }
 
 /// How the server's stop went.
@@ -47,12 +84,7 @@ pub enum Stop {
 
 impl Server {
     /// Starts the server and waits until it is ready.
-    pub fn start(
-        config: &Config,
-        built: &Built,
-        run_dir: &RunDir,
-        interrupt: &Interrupt,
-    ) -> Result<Server, SetupError> {
+    pub fn start(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals) -> Result<Server, SetupError> {
         let listener = Listener::bind().map_err(SetupError::io("cannot create the agent socket"))?;
         let (log_file, log) = run_dir.log_file("server.log").map_err(SetupError::io("cannot create server.log"))?;
         let err_file = log_file.try_clone().map_err(SetupError::io("cannot share server.log"))?;
@@ -60,6 +92,7 @@ impl Server {
         cmd.args(&config.server_args)
             .envs(config.server_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(SOCKET_ENV, listener.path())
+            .env(STALL_THRESHOLD_ENV, config.stall_threshold.as_millis().to_string())
             .current_dir(&config.package_dir)
             .stdin(Stdio::null())
             .stdout(log_file)
@@ -80,7 +113,7 @@ impl Server {
             if let Some(status) = child.try_wait() {
                 return Err(fail(format!("the server exited during start-up with {}", describe(status))));
             }
-            if interrupt.is_set() {
+            if signals.interrupted() {
                 return Err(SetupError::Interrupted);
             }
             if Instant::now() >= deadline {
@@ -91,16 +124,18 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        let (link, hello) = AgentLink::handshake(stream, deadline).map_err(fail)?;
+        let (link, hello) = AgentLink::handshake(stream, deadline, stall_writer(run_dir.clone())).map_err(fail)?;
         let mut addrs: BTreeMap<String, String> =
             hello.announced.iter().map(|a| (a.name.clone(), a.addr.clone())).collect();
 
+        let mut early = Events::default();
         if config.ready == Ready::Announce {
             while addrs.is_empty() {
                 match link.next_event(Duration::from_millis(10)) {
                     Some(LinkEvent::Announce(a)) => {
                         addrs.insert(a.name, a.addr);
                     }
+                    Some(LinkEvent::Stall { stall, file }) => early.stalls.push((*stall, file)),
                     Some(LinkEvent::Closed) => {
                         let why = child
                             .try_wait()
@@ -115,7 +150,7 @@ impl Server {
                 if let Some(status) = child.try_wait() {
                     return Err(fail(format!("the server exited during start-up with {}", describe(status))));
                 }
-                if interrupt.is_set() {
+                if signals.interrupted() {
                     return Err(SetupError::Interrupted);
                 }
                 if Instant::now() >= deadline {
@@ -126,22 +161,24 @@ impl Server {
                 }
             }
         }
-        Ok(Server { child, link, hello, addrs, log, _listener: listener })
+        Ok(Server { child, link, hello, addrs, log, early, _listener: listener })
     }
 
-    /// Takes announcements that arrived since the last call.
-    pub fn take_announcements(&mut self) -> Vec<String> {
-        let mut errors = Vec::new();
+    /// Takes what the agent sent on its own since the last call: announcements are
+    /// applied, stalls and protocol errors returned.
+    pub fn take_events(&mut self) -> Events {
+        let mut events = std::mem::take(&mut self.early);
         for event in self.link.drain_events() {
             match event {
                 LinkEvent::Announce(Announcement { name, addr }) => {
                     self.addrs.insert(name, addr);
                 }
-                LinkEvent::ProtocolError(e) => errors.push(e),
+                LinkEvent::Stall { stall, file } => events.stalls.push((*stall, file)),
+                LinkEvent::ProtocolError(e) => events.protocol_errors.push(e),
                 LinkEvent::Closed => {}
             }
         }
-        errors
+        events
     }
 
     /// The environment every test gets: one `HANGCHECK_ADDR_<NAME>` per announcement.
@@ -160,9 +197,10 @@ impl Server {
     /// SIGTERM, then up to `grace` for the server to exit. If it is still running after
     /// the grace, `on_hang` writes what is known (while the process is still alive) and
     /// only then is it SIGKILLed.
-    pub fn stop(&mut self, grace: Duration, on_hang: impl FnOnce(&mut AgentLink) -> Evidence) -> Stop {
+    pub fn stop(&mut self, grace: Duration, on_hang: impl FnOnce(&mut AgentLink, u32) -> Evidence) -> Stop {
         let link = &mut self.link;
-        match self.child.stop(grace, || on_hang(link)) {
+        let pid = self.child.pid();
+        match self.child.stop(grace, || on_hang(link, pid)) {
             Termination::Killed => Stop::Hung,
             Termination::AlreadyExited(_) | Termination::Terminated(_) => Stop::Clean,
         }

@@ -1,30 +1,50 @@
-//! Ctrl-C, SIGTERM and SIGHUP become a flag that every wait of the run checks.
+//! Signals to the runner become flags that every wait of the run checks.
 //!
-//! The children run in their own process groups, so a Ctrl-C at the terminal reaches only
-//! the runner; the runner then tears down what it started, in order, with evidence first.
-//! signal-hook sets the flag from the handler; no other code runs there.
+//! - Ctrl-C, SIGTERM, SIGHUP: stop. The children run in their own process groups, so a
+//!   Ctrl-C at the terminal reaches only the runner, which then tears down what it
+//!   started, in order, evidence first.
+//! - SIGUSR1: write the server's stacks now, without stopping anything
+//!   (`cargo hangcheck stacks` sends it).
+//!
+//! signal-hook sets the flags from the handler; no other code runs there.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Set once an interrupting signal has arrived.
+/// The flags the runner's signals set.
 #[derive(Clone, Default)]
-pub struct Interrupt(Arc<AtomicBool>);
+pub struct Signals {
+    interrupted: Arc<AtomicBool>,
+    stacks_requested: Arc<AtomicBool>,
+}
 
-impl Interrupt {
-    /// Registers the handlers. If that fails the run goes on; only Ctrl-C handling is lost.
-    pub fn install() -> Interrupt {
-        let flag = Interrupt::default();
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-            if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&flag.0)) {
+impl Signals {
+    /// Registers the handlers. If that fails the run goes on; only that signal's handling
+    /// is lost.
+    pub fn install() -> Signals {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+        let signals = Signals::default();
+        let flags = [
+            (SIGINT, &signals.interrupted),
+            (SIGTERM, &signals.interrupted),
+            (SIGHUP, &signals.interrupted),
+            (SIGUSR1, &signals.stacks_requested),
+        ];
+        for (sig, flag) in flags {
+            if let Err(e) = signal_hook::flag::register(sig, Arc::clone(flag)) {
                 eprintln!("warning: cannot handle signal {sig}: {e}");
             }
         }
-        flag
+        signals
     }
 
     /// Whether the run should stop.
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+    pub fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
+    }
+
+    /// Whether stacks were asked for since the last call (and clears the request).
+    pub fn take_stacks_request(&self) -> bool {
+        self.stacks_requested.swap(false, Ordering::Relaxed)
     }
 }

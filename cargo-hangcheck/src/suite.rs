@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::errors::SetupError;
 use crate::process::{describe, GroupChild, Wait};
 use crate::rundir::{Evidence, RunDir};
-use crate::signal::Interrupt;
+use crate::signal::Signals;
 
 /// How long listing one test binary may take.
 const LIST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -66,12 +66,7 @@ pub struct TestRun {
 }
 
 /// Lists the tests of every built test target, keeping those that match a filter.
-pub fn list(
-    config: &Config,
-    built: &Built,
-    run_dir: &RunDir,
-    interrupt: &Interrupt,
-) -> Result<Vec<TestCase>, SetupError> {
+pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals) -> Result<Vec<TestCase>, SetupError> {
     let mut cases = Vec::new();
     for (target, exe) in &built.tests {
         let (out, out_path) =
@@ -83,7 +78,7 @@ pub fn list(
             .stdout(out)
             .stderr(Stdio::null());
         let mut child = GroupChild::spawn(&mut cmd).map_err(SetupError::io(format!("cannot run {}", exe.display())))?;
-        match child.wait_until(Instant::now() + LIST_TIMEOUT, interrupt) {
+        match child.wait_until(Instant::now() + LIST_TIMEOUT, signals) {
             Wait::Exited(status) if status.success() => {}
             Wait::Exited(status) => {
                 return Err(SetupError::Config(format!(
@@ -107,16 +102,26 @@ pub fn list(
     Ok(cases)
 }
 
-/// Runs one test. When it outlives `timeout`, `on_hang` is called while the test is still
-/// running (to fetch and write evidence about the server), and only then is the test's
-/// process group terminated.
+/// What running a test asks of the rest of the run.
+pub trait Probe {
+    /// Called every few milliseconds while a test runs (to serve on-demand requests).
+    fn tick(&mut self);
+    /// The test outlived its timeout and is still running: write what is known about
+    /// the server, durably. Only after this returns is the test signalled.
+    fn hung(&mut self, case: &TestCase) -> Evidence;
+}
+
+/// How often a running test's wait hands control to [`Probe::tick`].
+const TICK: Duration = Duration::from_millis(50);
+
+/// Runs one test in its own process group under the per-test timeout.
 pub fn run(
     case: &TestCase,
     config: &Config,
     env: &[(String, String)],
     run_dir: &RunDir,
-    interrupt: &Interrupt,
-    on_hang: impl FnOnce() -> Evidence,
+    signals: &Signals,
+    probe: &mut dyn Probe,
 ) -> TestRun {
     let started = Instant::now();
     let log_name = format!("tests/{}/{}.log", case.target, case.name);
@@ -140,15 +145,22 @@ pub fn run(
         Ok(c) => c,
         Err(e) => return spawn_failed(format!("cannot start {}: {e}", case.exe.display()), log),
     };
-    let (outcome, evidence) = match child.wait_until(started + config.test_timeout, interrupt) {
+    let deadline = started + config.test_timeout;
+    let wait = loop {
+        match child.wait_until(deadline.min(Instant::now() + TICK), signals) {
+            Wait::TimedOut if Instant::now() < deadline => probe.tick(),
+            other => break other,
+        }
+    };
+    let (outcome, evidence) = match wait {
         Wait::Exited(status) => {
             child.kill_leftovers();
             (if status.success() { Outcome::Passed } else { Outcome::Failed(describe(status)) }, Vec::new())
         }
         Wait::TimedOut => {
-            let evidence = on_hang();
+            let evidence = probe.hung(case);
             let files = evidence.files.clone();
-            child.terminate(evidence, Duration::from_secs(1));
+            child.terminate(evidence, TEST_GRACE);
             (Outcome::TimedOut, files)
         }
         Wait::Interrupted => {
@@ -158,6 +170,9 @@ pub fn run(
     };
     TestRun { outcome, duration: started.elapsed(), log, evidence }
 }
+
+/// Time a hung test gets between SIGTERM and SIGKILL.
+const TEST_GRACE: Duration = Duration::from_secs(1);
 
 fn spawn_failed(why: String, log: PathBuf) -> TestRun {
     TestRun { outcome: Outcome::SpawnFailed(why), duration: Duration::ZERO, log, evidence: Vec::new() }

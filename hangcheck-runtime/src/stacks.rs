@@ -206,12 +206,21 @@ fn thread_state(tid: i32) -> String {
 
 /// One thread's stack, taken now.
 pub(crate) fn thread(tid: i32, timeout: Duration) -> ThreadStack {
+    thread_at(tid, timeout).0
+}
+
+/// One thread's stack, and when (the watchdog's clock) its raw frames were taken, before
+/// the slower symbolisation.
+pub(crate) fn thread_at(tid: i32, timeout: Duration) -> (ThreadStack, u64) {
     let name = proc_task(tid, "comm").trim().to_owned();
     let state = thread_state(tid);
-    match capture_ips(tid, timeout) {
+    let captured = capture_ips(tid, timeout);
+    let taken_at = crate::watchdog::now_ns();
+    let stack = match captured {
         Ok(ips) => ThreadStack { tid: tid as u32, name, state, frames: symbolize(&ips), note: None },
         Err(note) => ThreadStack { tid: tid as u32, name, state, frames: Vec::new(), note: Some(note) },
-    }
+    };
+    (stack, taken_at)
 }
 
 /// Every thread's stack.

@@ -45,7 +45,7 @@ fn anchor() -> Instant {
     *ANCHOR.get_or_init(Instant::now)
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     anchor().elapsed().as_nanos() as u64 + 1
 }
 
@@ -84,7 +84,8 @@ pub(crate) fn idle() {
 
 /// The watchdog's settings and count.
 pub(crate) struct Watchdog {
-    threshold: Duration,
+    /// `None`: switched off (the runner passed 0).
+    threshold: Option<Duration>,
     stalls: AtomicU64,
 }
 
@@ -94,7 +95,7 @@ impl Watchdog {
         let threshold = std::env::var(crate::protocol::STALL_THRESHOLD_ENV)
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
-            .map_or(DEFAULT_THRESHOLD, Duration::from_millis);
+            .map_or(Some(DEFAULT_THRESHOLD), |ms| (ms > 0).then(|| Duration::from_millis(ms)));
         Watchdog { threshold, stalls: AtomicU64::new(0) }
     }
 
@@ -106,9 +107,10 @@ impl Watchdog {
     /// Looks at every worker; for each newly stuck one, takes its stack now and returns
     /// the stall. `describe` names a task by id (group key, location).
     pub(crate) fn check(&self, epoch: u64, describe: impl Fn(u64) -> Option<(String, Option<String>)>) -> Vec<Stall> {
+        let Some(threshold) = self.threshold else { return Vec::new() };
         let workers: Vec<&'static Worker> = WORKERS.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let mut stalls = Vec::new();
-        let threshold_ns = self.threshold.as_nanos() as u64;
+        let threshold_ns = threshold.as_nanos() as u64;
         for w in workers {
             let since = w.busy_since.load(Ordering::Acquire);
             let seq = w.seq.load(Ordering::Relaxed);
@@ -119,8 +121,10 @@ impl Watchdog {
                 continue;
             }
             let task = w.task.load(Ordering::Relaxed);
-            let mut stack = stacks::thread(w.tid, stacks::PER_THREAD);
-            let stuck_ms = now_ns().saturating_sub(since) / 1_000_000;
+            // Taking the raw stack is quick; symbolising it (loading debug info the first
+            // time) is not, so the stuck time is read as the stack is taken.
+            let (mut stack, taken_at) = stacks::thread_at(w.tid, stacks::PER_THREAD);
+            let stuck_ms = taken_at.saturating_sub(since) / 1_000_000;
             if w.seq.load(Ordering::Relaxed) != seq || w.busy_since.load(Ordering::Acquire) != since {
                 stack.note =
                     Some("the poll ended while the stack was being taken; the stack may show later work".into());
@@ -135,7 +139,7 @@ impl Watchdog {
                 tid: w.tid as u32,
                 thread: stack.name.clone(),
                 stuck_ms,
-                threshold_ms: self.threshold.as_millis() as u64,
+                threshold_ms: threshold.as_millis() as u64,
                 epoch,
                 task,
                 stack,

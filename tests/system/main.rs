@@ -4,5 +4,6 @@
 
 mod agent;
 mod bad_input;
+mod hangs;
 mod leaks;
 mod util;

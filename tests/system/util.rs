@@ -59,6 +59,78 @@ pub fn hangcheck_test(args: &[&str]) -> Run {
     run_runner(&all, &workspace_root())
 }
 
+/// A runner started in the background; killed (with its process group's children torn
+/// down by the runner itself) if the test ends early.
+pub struct Background {
+    pub child: std::process::Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Background {
+    /// Waits (bounded) for the runner to exit and collects what it printed.
+    pub fn wait(mut self) -> Run {
+        let deadline = Instant::now() + RUN_CAP;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the runner ran past {RUN_CAP:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: std::fs::read_to_string(&self.stdout).unwrap(),
+            stderr: std::fs::read_to_string(&self.stderr).unwrap(),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cargo hangcheck ARGS` in the background.
+pub fn spawn_runner(args: &[&str]) -> Background {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let child = Command::new(env!("CARGO_BIN_EXE_cargo-hangcheck"))
+        .args(args)
+        .arg("--target-dir")
+        .arg(target_dir())
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    Background { child, stdout, stderr, _dir: dir }
+}
+
+/// Waits (bounded) until `cond` holds.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + RUN_CAP;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The run directory of the runner with `pid`, once it has announced itself.
+pub fn run_dir_of(pid: u32) -> Option<PathBuf> {
+    let runs = target_dir().join("hangcheck").join("runs");
+    std::fs::read_dir(runs).ok()?.flatten().map(|e| e.path()).find(|dir| {
+        std::fs::read_to_string(dir.join("runner.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(pid)))
+    })
+}
+
 pub fn run_runner(args: &[&str], cwd: &Path) -> Run {
     let out = tempfile::tempdir().unwrap();
     let (so, se) = (out.path().join("stdout"), out.path().join("stderr"));

@@ -58,6 +58,16 @@ pub fn render(report: &Report) -> String {
         ));
         findings.add_test_case(TestCase::new(format!("leak::{}", leak.group), status));
     }
+    for (i, stall) in report.stalls.iter().enumerate() {
+        let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+        status.set_message(format!(
+            "worker stuck {} ms in one poll during {}, in {}",
+            stall.stuck_ms,
+            stall.test.as_deref().unwrap_or("?"),
+            stall.blocked_in.as_deref().unwrap_or("?")
+        ));
+        findings.add_test_case(TestCase::new(format!("stall::{}", i + 1), status));
+    }
     if report.shutdown.outcome == "hung" {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
         status.set_message("the server did not exit within the shutdown grace period and was killed");

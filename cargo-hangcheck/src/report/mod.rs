@@ -10,7 +10,7 @@ pub mod terminal;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use hangcheck_runtime::protocol::Snapshot;
+use hangcheck_runtime::protocol::{Frame, Snapshot, StalledTask};
 use serde::Serialize;
 
 use crate::analysis::Leak;
@@ -31,6 +31,8 @@ pub struct TestRecord {
     pub run: TestRun,
     /// The settled snapshot after it, if the server could still answer.
     pub snapshot: Option<Snapshot>,
+    /// Where the stacks in its evidence came from, when it hung.
+    pub stacks_source: Option<&'static str>,
 }
 
 /// How the run ended overall; decides the exit code.
@@ -95,6 +97,8 @@ pub struct Report {
     pub final_snapshot: Option<Snapshot>,
     /// Groups that leaked.
     pub leaks: Vec<Leak>,
+    /// Workers caught stuck inside one poll.
+    pub stalls: Vec<StallEntry>,
     /// How the server's shutdown went.
     pub shutdown: ShutdownEntry,
     /// Malformed messages from the agent, if any.
@@ -139,17 +143,91 @@ pub struct TestEntry {
     pub log: PathBuf,
     /// Files written about the server when it hung.
     pub evidence: Vec<PathBuf>,
+    /// Where the stacks in the evidence came from: `agent`, `gdb`, or `none`.
+    pub stacks_source: Option<&'static str>,
     /// Live tasks per group after it, settled.
     pub live: BTreeMap<String, u64>,
 }
 
 /// How the server stopped.
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Clone)]
 pub struct ShutdownEntry {
     /// `clean`, `hung` (SIGKILLed after the grace period), or `not-reached`.
     pub outcome: &'static str,
     /// Files written about the server before it was killed.
     pub evidence: Vec<PathBuf>,
+    /// Where the stacks in the evidence came from, for a hang.
+    pub stacks_source: Option<&'static str>,
+    /// Task groups still alive when the shutdown hung, with their ages.
+    pub survivors: Vec<Survivor>,
+}
+
+impl ShutdownEntry {
+    /// The run ended before the server was stopped.
+    pub fn not_reached() -> ShutdownEntry {
+        ShutdownEntry { outcome: "not-reached", evidence: Vec::new(), stacks_source: None, survivors: Vec::new() }
+    }
+}
+
+/// A task group alive at a shutdown hang.
+#[derive(Debug, Serialize, Clone)]
+pub struct Survivor {
+    /// The group's key.
+    pub group: String,
+    /// Where its tasks are spawned.
+    pub location: Option<String>,
+    /// How many are alive.
+    pub live: u64,
+    /// The oldest one's age, in milliseconds.
+    pub oldest_age_ms: Option<u64>,
+}
+
+/// A worker caught stuck inside one poll.
+#[derive(Debug, Serialize, Clone)]
+pub struct StallEntry {
+    /// The test running when it was seen (`(start-up)` before the first).
+    pub test: Option<String>,
+    /// The epoch it was seen in.
+    pub epoch: u64,
+    /// The worker's thread id.
+    pub tid: u32,
+    /// The worker's thread name.
+    pub thread: String,
+    /// How long it had been stuck when its stack was taken, in milliseconds.
+    pub stuck_ms: u64,
+    /// The threshold.
+    pub threshold_ms: u64,
+    /// The task it was polling, with tokio's poll hooks.
+    pub task: Option<StalledTask>,
+    /// The innermost frame in the server's own code: where it blocked.
+    pub blocked_in: Option<String>,
+    /// Why the stack may be partial.
+    pub note: Option<String>,
+    /// The stall's file (written as it arrived).
+    pub file: Option<PathBuf>,
+    /// The whole stack, innermost first.
+    pub frames: Vec<Frame>,
+}
+
+/// The innermost frame outside the standard library, tokio, the C library and the
+/// dependencies: where the server's own code was when the stack was taken.
+pub fn culprit(frames: &[Frame]) -> Option<String> {
+    const NOT_OURS: [&str; 9] =
+        ["std::", "core::", "alloc::", "tokio::", "backtrace::", "<", "__", "hangcheck_runtime::", "parking_lot"];
+    frames
+        .iter()
+        .find(|f| {
+            let Some(name) = f.function.as_deref() else { return false };
+            let file = f.file.as_deref().unwrap_or("");
+            name.contains("::")
+                && !NOT_OURS.iter().any(|p| name.starts_with(p))
+                && !file.contains("/rustc/")
+                && !file.contains("/.cargo/registry/")
+        })
+        .map(|f| match (&f.file, f.line) {
+            (Some(file), Some(line)) => format!("{} at {file}:{line}", f.function.as_deref().unwrap_or("?")),
+            _ => f.function.clone().unwrap_or_default(),
+        })
 }
 
 /// The outcome's name in the report, and its detail.
@@ -177,17 +255,19 @@ impl TestEntry {
             duration_ms: r.run.duration.as_millis() as u64,
             log: r.run.log.clone(),
             evidence: r.run.evidence.clone(),
+            stacks_source: r.stacks_source,
             live: r.snapshot.iter().flat_map(|s| s.groups.iter().map(|g| (g.key.clone(), g.live))).collect(),
         }
     }
 }
 
 /// The overall verdict: the most severe finding wins.
-pub fn verdict(tests: &[TestRecord], leaks: &[Leak], shutdown_hung: bool, interrupted: bool) -> Verdict {
+/// `hang` is any hang outside the tests' own outcomes: a stall or a shutdown hang.
+pub fn verdict(tests: &[TestRecord], leaks: &[Leak], hang: bool, interrupted: bool) -> Verdict {
     if interrupted {
         return Verdict::Interrupted;
     }
-    if shutdown_hung || tests.iter().any(|t| t.run.outcome == Outcome::TimedOut) {
+    if hang || tests.iter().any(|t| t.run.outcome == Outcome::TimedOut) {
         return Verdict::Hang;
     }
     if tests.iter().any(|t| !matches!(t.run.outcome, Outcome::Passed)) {

@@ -11,7 +11,7 @@ use anstream::{eprintln, println};
 use anstyle::{AnsiColor, Style};
 use hangcheck_runtime::protocol::Snapshot;
 
-use super::{outcome_name, Report, TestRecord};
+use super::{outcome_name, Report, ShutdownEntry, StallEntry, TestRecord};
 use crate::analysis::Leak;
 use crate::suite::Outcome;
 
@@ -203,6 +203,54 @@ fn truncate(s: &str, width: usize) -> String {
     }
 }
 
+/// A stall, printed as it arrives.
+pub fn stall(s: &StallEntry) {
+    let during = s.test.as_deref().map(|t| format!(" during {t}")).unwrap_or_default();
+    println!(
+        "{MAGENTA}{:>12}{MAGENTA:#} worker {} \"{}\" stuck in one poll for {} ms (threshold {} ms){during}",
+        "STALL", s.tid, s.thread, s.stuck_ms, s.threshold_ms
+    );
+    if let Some(task) = &s.task {
+        let group = task.group.as_deref().unwrap_or("?");
+        let location = task.location.as_deref().map(|l| format!(" spawned at {l}")).unwrap_or_default();
+        println!("{:>12}   task {} of group `{group}`{location}", "", task.id);
+    }
+    if let Some(culprit) = &s.blocked_in {
+        println!("{:>12}   blocked in {culprit}", "");
+    }
+    if let Some(file) = &s.file {
+        println!("{:>12}   stack: {}", "", file.display());
+    }
+}
+
+/// The stalls again, after the table, so they are not lost in a long run's output.
+pub fn stall_summary(stalls: &[StallEntry]) {
+    if stalls.is_empty() {
+        return;
+    }
+    println!();
+    for s in stalls {
+        let during = s.test.as_deref().unwrap_or("?");
+        let at = s.blocked_in.as_deref().unwrap_or("(no frame of the server's own code)");
+        println!("{MAGENTA}STALL{MAGENTA:#} {} ms in {at}, during {during}", s.stuck_ms);
+    }
+}
+
+/// A shutdown hang: what was still alive, and where the evidence is.
+pub fn shutdown_hang(shutdown: &ShutdownEntry, grace: Duration) {
+    let evidence: Vec<String> = shutdown.evidence.iter().map(|p| format!("evidence: {}", p.display())).collect();
+    error(
+        format!("shutdown hang: the server was still running {} after SIGTERM and was killed", seconds(grace)),
+        &evidence,
+    );
+    for s in &shutdown.survivors {
+        let age =
+            s.oldest_age_ms.map(|ms| format!(", oldest {}", seconds(Duration::from_millis(ms)))).unwrap_or_default();
+        let location = s.location.as_deref().map(|l| format!(" spawned at {l}")).unwrap_or_default();
+        println!("{MAGENTA}{:>12}{MAGENTA:#} `{}` {} live{age}{location}", "STILL ALIVE", s.group, s.live);
+    }
+}
+
 /// The leak verdicts.
 pub fn leaks(leaks: &[Leak]) {
     println!();
@@ -231,10 +279,12 @@ pub fn summary(report: &Report) {
     let style = if report.exit_code == 0 { GREEN } else { RED };
     println!();
     println!(
-        "{style}Summary{style:#} {} tests: {passed} passed, {failed} failed, {hung} hung; {} leak{}; shutdown {}",
+        "{style}Summary{style:#} {} tests: {passed} passed, {failed} failed, {hung} hung; {} leak{}; {} stall{}; shutdown {}",
         report.tests.len(),
         report.leaks.len(),
         if report.leaks.len() == 1 { "" } else { "s" },
+        report.stalls.len(),
+        if report.stalls.len() == 1 { "" } else { "s" },
         report.shutdown.outcome,
     );
     println!("{DIM}Report: {}{DIM:#}", report.run_dir.join("report.json").display());

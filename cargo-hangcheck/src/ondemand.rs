@@ -1,0 +1,121 @@
+//! Stacks on demand while a run is in progress, without stopping anything.
+//!
+//! A running `cargo hangcheck test` writes `runner.json` (its pid) into its run directory
+//! and removes it when it ends. `cargo hangcheck stacks` finds the run whose runner is
+//! alive, sends it SIGUSR1, and waits for the stack file to appear; the runner, between
+//! two looks at the running test, fetches the server's stacks (agent, or gdb from
+//! outside) and writes them to `ondemand/stacks-<n>.txt`. `kill -USR1 <runner pid>` does
+//! the same by hand.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::cli::LocateArgs;
+use crate::link::AgentLink;
+use crate::report::terminal;
+use crate::rundir::RunDir;
+use crate::stacks;
+
+/// How long `cargo hangcheck stacks` waits for the runner to write the file.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Removes `runner.json` when the run ends.
+pub struct RunnerMarker(PathBuf);
+
+impl Drop for RunnerMarker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Tells `cargo hangcheck stacks` where this run is.
+pub fn announce_runner(run_dir: &RunDir) -> Option<RunnerMarker> {
+    let body = serde_json::json!({ "pid": std::process::id() }).to_string();
+    run_dir.write_durable("runner.json", body.as_bytes()).ok().map(RunnerMarker)
+}
+
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// Fetches the server's stacks now and writes them to `ondemand/stacks-<n>.txt`.
+pub fn serve(link: &mut AgentLink, pid: u32, run_dir: &RunDir) -> Option<PathBuf> {
+    let n = TAKEN.fetch_add(1, Ordering::Relaxed) + 1;
+    let fetched = stacks::fetch(link, pid, run_dir);
+    match run_dir.write_durable(format!("ondemand/stacks-{n}.txt"), fetched.text.as_bytes()) {
+        Ok(path) => {
+            terminal::status("Stacks", format!("of the server ({}) written to {}", fetched.source, path.display()));
+            Some(path)
+        }
+        Err(e) => {
+            terminal::warn(format!("cannot write on-demand stacks: {e}"));
+            None
+        }
+    }
+}
+
+/// `cargo hangcheck stacks`: asks the run in progress for the server's stacks and
+/// prints them. Returns the exit code.
+pub fn command(args: &LocateArgs) -> i32 {
+    let runs = match crate::config::hangcheck_dir(args.manifest_path.as_deref(), args.target_dir.as_deref()) {
+        Ok(dir) => dir.join("runs"),
+        Err(e) => {
+            terminal::error(e, &[]);
+            return crate::exit::SETUP;
+        }
+    };
+    let Some((run_dir, pid)) = live_run(&runs) else {
+        terminal::error(
+            format!("no `cargo hangcheck` run is in progress under {}", runs.display()),
+            &["start one with `cargo hangcheck test` (or `run`), then ask again from another terminal".into()],
+        );
+        return crate::exit::SETUP;
+    };
+    let ondemand = run_dir.join("ondemand");
+    let before = files(&ondemand);
+    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGUSR1) {
+        terminal::error(format!("cannot signal the runner (pid {pid}): {e}"), &[]);
+        return crate::exit::SETUP;
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(new) = files(&ondemand).into_iter().find(|f| !before.contains(f)) {
+            terminal::status("Stacks", format!("written to {}", new.display()));
+            print!("{}", std::fs::read_to_string(&new).unwrap_or_default());
+            return crate::exit::OK;
+        }
+        if Instant::now() >= deadline {
+            terminal::error(format!("the runner (pid {pid}) wrote no stacks within {WAIT:?}"), &[]);
+            return crate::exit::SETUP;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The newest run directory whose runner is alive.
+fn live_run(runs: &Path) -> Option<(PathBuf, u32)> {
+    let mut candidates: Vec<(std::time::SystemTime, PathBuf, u32)> = std::fs::read_dir(runs)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let marker = e.path().join("runner.json");
+            let text = std::fs::read_to_string(&marker).ok()?;
+            let pid = serde_json::from_str::<serde_json::Value>(&text).ok()?["pid"].as_u64()? as u32;
+            let alive = Path::new(&format!("/proc/{pid}")).exists();
+            let modified = std::fs::metadata(&marker).and_then(|m| m.modified()).ok()?;
+            alive.then(|| (modified, e.path(), pid))
+        })
+        .collect();
+    candidates.sort();
+    candidates.pop().map(|(_, dir, pid)| (dir, pid))
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,87 @@
+//! Fetching the server's stacks: from the agent thread inside it when it answers, from
+//! outside with gdb when it does not (the server is SIGSTOPped, the agent is stuck, the
+//! process is wedged in the allocator). The runner is the server's parent, so ptrace is
+//! allowed even under Yama's default `ptrace_scope = 1`.
+//!
+//! Whichever source answered is written at the top of the stack file; when none did, the
+//! file says why. Every source is bounded in time.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::link::AgentLink;
+use crate::process::{GroupChild, Wait};
+use crate::rundir::RunDir;
+use crate::signal::Signals;
+
+/// How long the agent gets to answer a stacks request.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long gdb gets to attach and print every thread's backtrace.
+const GDB_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Stacks of a process, rendered for a stack file.
+pub struct Fetched {
+    /// `agent`, `gdb`, or `none`.
+    pub source: &'static str,
+    /// The file's body.
+    pub text: String,
+}
+
+/// Fetches the stacks of the server `pid`, agent first, then gdb.
+pub fn fetch(link: &mut AgentLink, pid: u32, run_dir: &RunDir) -> Fetched {
+    if process_state(pid) == "T" {
+        // A stopped process cannot run its agent; do not wait for it.
+        return outside(pid, "the server is stopped (SIGSTOP); its agent thread cannot run", run_dir);
+    }
+    let why = match link.stacks(AGENT_TIMEOUT) {
+        Ok(stacks) => {
+            let header = format!("hangcheck: stacks of pid {pid}\nsource: agent\n\n");
+            return Fetched { source: "agent", text: header + &stacks.render() };
+        }
+        Err(e) => e.to_string(),
+    };
+    outside(pid, &why, run_dir)
+}
+
+/// Stacks taken from outside the process with gdb.
+pub fn outside(pid: u32, why_not_agent: &str, run_dir: &RunDir) -> Fetched {
+    let state = process_state(pid);
+    let header =
+        format!("hangcheck: stacks of pid {pid} (process state {state})\nthe agent did not answer: {why_not_agent}\n");
+    match gdb(pid, run_dir) {
+        Ok(text) => Fetched { source: "gdb", text: format!("{header}source: gdb\n\n{text}") },
+        Err(e) => {
+            Fetched { source: "none", text: format!("{header}source: none\ngdb could not take them either: {e}\n") }
+        }
+    }
+}
+
+fn gdb(pid: u32, run_dir: &RunDir) -> Result<String, String> {
+    let (out, path) = run_dir.log_file(format!(".gdb-{pid}.out")).map_err(|e| e.to_string())?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new("gdb");
+    cmd.args(["--batch", "--nx", "-p", &pid.to_string(), "-ex", "set pagination off", "-ex", "thread apply all bt"])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    let mut child = GroupChild::spawn(&mut cmd).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "gdb is not installed (apt-get install gdb)".to_owned(),
+        _ => format!("cannot run gdb: {e}"),
+    })?;
+    let outcome = child.wait_until(Instant::now() + GDB_TIMEOUT, &Signals::default());
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    match outcome {
+        Wait::Exited(_) if text.contains("Thread ") || text.contains("#0 ") => Ok(text),
+        Wait::Exited(status) => Err(format!("gdb exited with {}: {}", crate::process::describe(status), text.trim())),
+        Wait::TimedOut | Wait::Interrupted => Err(format!("gdb did not finish within {GDB_TIMEOUT:?}")),
+    }
+}
+
+/// The kernel's state letter for a process (`T` when stopped), `?` if it is gone.
+pub fn process_state(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned)))
+        .unwrap_or_else(|| "?".to_owned())
+}

@@ -1,0 +1,155 @@
+//! Hangs leave evidence: stalls caught while the worker is stuck, hung tests, shutdown
+//! hangs, stacks from a frozen or stopped server, and stacks on demand; each written
+//! before anything is signalled, and nothing left running.
+
+use std::path::Path;
+
+use crate::util::{assert_no_process_with, hangcheck_test, marker, run_dir_of, spawn_runner, wait_for};
+
+const HANG: i32 = 6;
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn a_blocked_worker_is_caught_with_the_handler_that_blocked_it() {
+    let mark = marker("stall");
+    let run = hangcheck_test(&["-p", "blocking-handler", "--server-env", &mark]);
+    assert_eq!(run.code, HANG, "{run}");
+    let report = run.report();
+    let stalls = report["stalls"].as_array().unwrap();
+    assert_eq!(stalls.len(), 1, "{stalls:#?}");
+    let stall = &stalls[0];
+    assert_eq!(stall["test"], "e2e::audit_during_backup");
+    let blocked_in = stall["blocked_in"].as_str().unwrap();
+    assert!(blocked_in.starts_with("blocking_handler::audit_entries at "), "{blocked_in}");
+    assert!(blocked_in.contains("examples/blocking-handler/src/main.rs:"), "{blocked_in}");
+    assert!(stall["stuck_ms"].as_u64().unwrap() >= 250, "{stall:#?}");
+    assert_eq!(stall["threshold_ms"], 250);
+    // The task being polled is named (tokio_unstable poll hooks): the connection task.
+    assert_eq!(stall["task"]["group"], "conn");
+    assert!(stall["task"]["location"].as_str().unwrap().starts_with("examples/blocking-handler/src/main.rs:"));
+    let file = read(Path::new(stall["file"].as_str().unwrap()));
+    assert!(file.contains("blocking_handler::audit_entries"), "{file}");
+    assert!(run.stdout.contains("STALL"), "{run}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn a_hung_test_leaves_stacks_on_disk_and_the_next_tests_still_run() {
+    let mark = marker("hung-test");
+    let run = hangcheck_test(&["-p", "never-answers", "--server-env", &mark]);
+    assert_eq!(run.code, HANG, "{run}");
+    let report = run.report();
+    let tests = report["tests"].as_array().unwrap();
+    let outcome =
+        |id: &str| tests.iter().find(|t| t["id"] == id).unwrap_or_else(|| panic!("no {id}"))["outcome"].clone();
+    assert_eq!(outcome("e2e::next_on_a_quiet_topic"), "hung");
+    assert_eq!(outcome("e2e::then_ping_still_works"), "passed", "the suite goes on after a hang");
+    let hung = tests.iter().find(|t| t["outcome"] == "hung").unwrap();
+    assert_eq!(hung["stacks_source"], "agent");
+    let evidence: Vec<&str> = hung["evidence"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    let stacks = evidence.iter().find(|e| e.ends_with(".stacks.txt")).expect("a stack file");
+    let text = read(Path::new(stacks));
+    assert!(text.contains("source: agent") && text.contains("thread "), "{text}");
+    assert!(text.contains("tokio-rt-worker"), "every worker's stack is there: {text}");
+    // The request's task never finished: it is the leak, attributed to the hung test.
+    assert_eq!(report["leaks"][0]["leaked_by"][0]["test"], "e2e::next_on_a_quiet_topic");
+    let junit = read(&run.run_dir().join("junit.xml"));
+    assert!(junit.contains("next_on_a_quiet_topic") && junit.contains("<failure"), "{junit}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn a_shutdown_hang_names_what_is_still_alive_and_leaves_no_server() {
+    let mark = marker("shutdown-hang");
+    let run = hangcheck_test(&["-p", "shutdown-hang", "--server-env", &mark]);
+    assert_eq!(run.code, HANG, "{run}");
+    let report = run.report();
+    let shutdown = &report["shutdown"];
+    assert_eq!(shutdown["outcome"], "hung");
+    let flusher = shutdown["survivors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["group"] == "metrics-flusher")
+        .expect("the flusher is still alive");
+    assert!(flusher["oldest_age_ms"].as_u64().unwrap() > 0);
+    assert!(flusher["location"].as_str().unwrap().starts_with("examples/shutdown-hang/src/main.rs:"));
+    for file in shutdown["evidence"].as_array().unwrap() {
+        assert!(!read(Path::new(file.as_str().unwrap())).is_empty());
+    }
+    assert!(run.stderr.contains("shutdown hang"), "{run}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn a_fixed_shutdown_is_clean() {
+    let run = hangcheck_test(&["-p", "shutdown-hang", "--server-env", "SHUTDOWN_HANG_FIXED=1"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.report()["shutdown"]["outcome"], "clean");
+}
+
+#[test]
+fn stacks_come_back_when_every_worker_is_blocked() {
+    let mark = marker("all-blocked");
+    let run = hangcheck_test(&["-p", "freezer", "--server-env", &mark, "blocks_every_worker"]);
+    assert_eq!(run.code, HANG, "{run}");
+    let test = &run.report()["tests"][0];
+    assert_eq!(test["stacks_source"], "agent");
+    let stacks = read(&run.run_dir().join("hangs/freeze::blocks_every_worker.stacks.txt"));
+    assert_eq!(stacks.matches("freezer::block_this_worker").count(), 2, "both workers, blocked:\n{stacks}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn stacks_come_from_outside_when_the_server_is_stopped() {
+    let mark = marker("sigstop");
+    let run = hangcheck_test(&["-p", "freezer", "--server-env", &mark, "stops_the_server"]);
+    assert_eq!(run.code, HANG, "{run}");
+    let report = run.report();
+    assert_eq!(report["tests"][0]["outcome"], "hung");
+    assert_eq!(report["tests"][0]["stacks_source"], "gdb");
+    let stacks = read(&run.run_dir().join("hangs/freeze::stops_the_server.stacks.txt"));
+    assert!(stacks.contains("source: gdb") && stacks.contains("process state T"), "{stacks}");
+    assert!(stacks.contains("Thread "), "gdb printed the threads:\n{stacks}");
+    assert_eq!(report["shutdown"]["outcome"], "hung", "a stopped server cannot exit on SIGTERM");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn stacks_on_demand_during_a_run_and_ctrl_c_tears_everything_down() {
+    let mark = marker("on-demand");
+    let runner = spawn_runner(&[
+        "hangcheck",
+        "test",
+        "--color",
+        "never",
+        "-p",
+        "never-answers",
+        "--test-timeout",
+        "300s",
+        "--server-env",
+        &mark,
+        "next_on_a_quiet_topic",
+    ]);
+    let pid = runner.child.id();
+    let mut run_dir = None;
+    wait_for("the runner's run directory", || {
+        run_dir = run_dir_of(pid);
+        run_dir.is_some()
+    });
+    let log = run_dir.unwrap().join("tests/e2e/next_on_a_quiet_topic.log");
+    wait_for("the hanging test to start", || log.exists());
+
+    let stacks = crate::util::run_runner(&["hangcheck", "stacks"], &crate::util::workspace_root());
+    assert_eq!(stacks.code, 0, "{stacks}");
+    assert!(stacks.stdout.contains("source: agent") && stacks.stdout.contains("tokio-rt-worker"), "{stacks}");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let run = runner.wait();
+    assert_eq!(run.code, 130, "{run}");
+    assert_eq!(run.report()["verdict"], "interrupted");
+    assert_no_process_with(&mark);
+}
