@@ -94,15 +94,19 @@ impl Drop for Background {
     }
 }
 
-/// Starts `cargo hangcheck ARGS` in the background.
+/// Starts `cargo hangcheck ARGS` in the background, in the workspace.
 pub fn spawn_runner(args: &[&str]) -> Background {
+    spawn_runner_in(args, &workspace_root())
+}
+
+fn spawn_runner_in(args: &[&str], cwd: &Path) -> Background {
     let dir = tempfile::tempdir().unwrap();
     let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let child = Command::new(env!("CARGO_BIN_EXE_cargo-hangcheck"))
         .args(args)
         .arg("--target-dir")
         .arg(target_dir())
-        .current_dir(workspace_root())
+        .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(std::fs::File::create(&stderr).unwrap())
@@ -131,35 +135,9 @@ pub fn run_dir_of(pid: u32) -> Option<PathBuf> {
     })
 }
 
+/// Runs `cargo-hangcheck ARGS` in `cwd` to the end.
 pub fn run_runner(args: &[&str], cwd: &Path) -> Run {
-    let out = tempfile::tempdir().unwrap();
-    let (so, se) = (out.path().join("stdout"), out.path().join("stderr"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cargo-hangcheck"))
-        .args(args)
-        .arg("--target-dir")
-        .arg(target_dir())
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&so).unwrap())
-        .stderr(std::fs::File::create(&se).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + RUN_CAP;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("cargo hangcheck {args:?} ran past {RUN_CAP:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: std::fs::read_to_string(so).unwrap(),
-        stderr: std::fs::read_to_string(se).unwrap(),
-    }
+    spawn_runner_in(args, cwd).wait()
 }
 
 /// A marker unique to this test, to put in a server's environment.
