@@ -163,6 +163,8 @@ mod tests {
             live,
             spawned: live,
             finished: 0,
+            polls: 0,
+            busy_ms: 0,
             oldest_age_ms: Some(5),
             live_by_epoch: by_epoch.iter().map(|&(epoch, count)| EpochCount { epoch, count }).collect(),
         }
@@ -179,6 +181,7 @@ mod tests {
             package_dir: ".".into(),
             hangcheck_dir: "target/hangcheck".into(),
             build: Default::default(),
+            runtime_dependency: true,
             server_bin: "s".into(),
             server_args: vec![],
             server_env: vec![],

@@ -2,7 +2,8 @@
 //! directory, and finds the executables in cargo's JSON messages.
 //!
 //! By default the build passes `--cfg tokio_unstable`, which lets the runtime install
-//! tokio's task hooks. Changing RUSTFLAGS rebuilds every crate, so hangcheck builds in
+//! tokio's task hooks, and turns on hangcheck-runtime's `taskdump` feature (async task
+//! stacks). Changing RUSTFLAGS rebuilds every crate, so hangcheck builds in
 //! `<target-dir>/hangcheck/build` and the user's own builds stay untouched.
 
 use std::io::BufReader;
@@ -68,8 +69,14 @@ fn cargo(config: &Config, verb: &str, tokio_unstable: bool) -> Command {
     if b.release {
         cmd.arg("--release");
     }
-    if !b.features.is_empty() {
-        cmd.args(["--features", &b.features.join(",")]);
+    let mut features = b.features.clone();
+    if tokio_unstable && config.runtime_dependency {
+        // Async task stacks in every stack file; tokio allows them only with
+        // tokio_unstable, which this build has.
+        features.push("hangcheck-runtime/taskdump".to_owned());
+    }
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
     }
     if b.all_features {
         cmd.arg("--all-features");

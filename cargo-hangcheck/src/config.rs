@@ -57,6 +57,9 @@ pub struct Config {
     pub hangcheck_dir: PathBuf,
     /// How cargo builds.
     pub build: PackageArgs,
+    /// Whether the package depends on hangcheck-runtime directly (so the build can turn
+    /// on its `taskdump` feature).
+    pub runtime_dependency: bool,
     /// The server's bin target.
     pub server_bin: String,
     /// Its arguments.
@@ -164,6 +167,7 @@ impl Config {
             manifest_path,
             hangcheck_dir: target_dir.join("hangcheck"),
             build: args.package.clone(),
+            runtime_dependency: package.dependencies.iter().any(|d| d.name == "hangcheck-runtime"),
             server_bin,
             server_args: if args.server_args.is_empty() {
                 server.args.unwrap_or_default()

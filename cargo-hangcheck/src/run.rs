@@ -294,7 +294,7 @@ impl Run {
         let report = self.report(verdict, error.as_ref().map(|e| e.to_string()));
         if let (Some(baseline), None) = (&self.baseline, &error) {
             terminal::table(baseline, &self.tests);
-            terminal::leaks(&self.leaks);
+            terminal::leaks(&self.leaks, self.built.tokio_unstable);
         }
         terminal::stall_summary(&self.stalls);
         let json = serde_json::to_vec_pretty(&report).unwrap_or_default();

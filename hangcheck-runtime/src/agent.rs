@@ -22,7 +22,7 @@ use crate::protocol::{
 };
 use crate::registry::Registry;
 use crate::watchdog::Watchdog;
-use crate::{process_facts, stacks};
+use crate::{process_facts, stacks, taskdump};
 
 /// How often the agent thread looks for events to forward and stalls to report while no
 /// request arrives; stall detection latency is the threshold plus at most this.
@@ -120,7 +120,12 @@ impl Agent {
                 self.registry.set_epoch(epoch);
                 AgentMessage::Ack { id }
             }
-            RunnerMessage::Stacks { id } => AgentMessage::Stacks { id, stacks: stacks::all() },
+            RunnerMessage::Stacks { id } => {
+                // Thread stacks first: they come back even from a frozen runtime.
+                let mut stacks = stacks::all();
+                stacks.tasks = Some(taskdump::dump(self.runtime.get(), self.watchdog.stuck()));
+                AgentMessage::Stacks { id, stacks }
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio::runtime::Builder;
 use crate::agent::Agent;
 
 #[cfg(tokio_unstable)]
-pub(crate) use unstable::{describe_task, NamedSpawn};
+pub(crate) use unstable::{describe_task, task_id, NamedSpawn};
 
 /// Installs the hooks this build of tokio offers.
 pub(crate) fn install(builder: &mut Builder, agent: &'static Agent) {
@@ -27,7 +27,9 @@ pub(crate) fn install(builder: &mut Builder, agent: &'static Agent) {
     #[cfg(not(tokio_unstable))]
     {
         let _ = agent;
-        builder.on_thread_unpark(|| crate::watchdog::busy(0)).on_thread_park(crate::watchdog::idle);
+        builder.on_thread_unpark(|| crate::watchdog::busy(0)).on_thread_park(|| {
+            crate::watchdog::idle();
+        });
     }
 }
 
@@ -108,10 +110,15 @@ mod unstable {
         }
     }
 
-    fn id_of(meta: &TaskMeta<'_>) -> u64 {
+    /// A task id as the number tokio prints.
+    pub(crate) fn task_id(id: &tokio::task::Id) -> u64 {
         let mut reader = IdReader::default();
-        meta.id().hash(&mut reader);
+        id.hash(&mut reader);
         reader.finish()
+    }
+
+    fn id_of(meta: &TaskMeta<'_>) -> u64 {
+        task_id(&meta.id())
     }
 
     fn shard(id: u64) -> std::sync::MutexGuard<'static, Option<HashMap<u64, Tracked>>> {
@@ -157,7 +164,13 @@ mod unstable {
                 drop(removed);
             })
             .on_before_task_poll(|meta| watchdog::busy(id_of(meta)))
-            .on_after_task_poll(|_| watchdog::idle());
+            .on_after_task_poll(|meta| {
+                let busy_ns = watchdog::idle();
+                let id = id_of(meta);
+                if let Some(tracked) = shard(id).as_ref().and_then(|m| m.get(&id)) {
+                    tracked.group().record_poll(busy_ns);
+                }
+            });
     }
 
     /// The group key and location of a live task, for stall reports.

@@ -41,6 +41,8 @@ mod registry;
 #[cfg(feature = "agent")]
 mod stacks;
 #[cfg(feature = "agent")]
+mod taskdump;
+#[cfg(feature = "agent")]
 mod watchdog;
 
 #[cfg(feature = "agent")]

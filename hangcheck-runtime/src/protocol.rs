@@ -210,6 +210,12 @@ pub struct GroupStats {
     pub spawned: u64,
     /// Tasks that finished (completed, were cancelled, or panicked).
     pub finished: u64,
+    /// Polls of the group's tasks (with tokio's poll hooks; 0 without).
+    #[serde(default)]
+    pub polls: u64,
+    /// Time the group's tasks spent inside polls, in milliseconds (with poll hooks).
+    #[serde(default)]
+    pub busy_ms: u64,
     /// Age of the oldest live task, in milliseconds.
     pub oldest_age_ms: Option<u64>,
     /// Live tasks by the epoch they were born in, ascending by epoch; epochs with no
@@ -293,6 +299,33 @@ pub struct Stacks {
     pub took_ms: u64,
     /// One entry per thread.
     pub threads: Vec<ThreadStack>,
+    /// Async task stacks from tokio's task dump, or why there are none.
+    #[serde(default)]
+    pub tasks: Option<TaskDump>,
+}
+
+/// tokio's task dump: where each task is parked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDump {
+    /// One entry per task.
+    pub tasks: Vec<AsyncTask>,
+    /// Why the dump was not taken, when it was not.
+    pub skipped: Option<String>,
+    /// How long the dump took, in milliseconds.
+    pub took_ms: u64,
+}
+
+/// One task of a task dump.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AsyncTask {
+    /// tokio's task id.
+    pub id: u64,
+    /// Its group key, when known.
+    pub group: Option<String>,
+    /// Where it was spawned, when known.
+    pub location: Option<String>,
+    /// The await tree, as tokio renders it.
+    pub trace: String,
 }
 
 /// One thread's stack.
@@ -339,7 +372,7 @@ impl Stacks {
     ///
     /// ```
     /// use hangcheck_runtime::protocol::{Frame, StackSource, Stacks, ThreadStack};
-    /// let stacks = Stacks { source: StackSource::Agent, took_ms: 1, threads: vec![ThreadStack {
+    /// let stacks = Stacks { source: StackSource::Agent, took_ms: 1, tasks: None, threads: vec![ThreadStack {
     ///     tid: 7, name: "main".into(), state: "S".into(), note: None,
     ///     frames: vec![Frame { function: Some("app::main".into()), file: Some("src/main.rs".into()), line: Some(3) }],
     /// }] };
@@ -350,6 +383,27 @@ impl Stacks {
             format!("stacks from {:?}, {} threads, taken in {} ms\n", self.source, self.threads.len(), self.took_ms);
         for t in &self.threads {
             out.push_str(&t.render());
+        }
+        match &self.tasks {
+            None => {}
+            Some(TaskDump { skipped: Some(why), .. }) => {
+                out.push_str(&format!("\nasync task stacks: skipped: {why}\n"))
+            }
+            Some(dump) => {
+                out.push_str(&format!(
+                    "\nasync task stacks: {} tasks, dumped in {} ms\n",
+                    dump.tasks.len(),
+                    dump.took_ms
+                ));
+                for task in &dump.tasks {
+                    let group = task.group.as_deref().unwrap_or("?");
+                    let location = task.location.as_deref().unwrap_or("?");
+                    out.push_str(&format!(
+                        "\ntask {} of group {group} spawned at {location}\n{}\n",
+                        task.id, task.trace
+                    ));
+                }
+            }
         }
         out
     }

@@ -40,6 +40,8 @@ pub(crate) struct Group {
     location: Option<String>,
     spawned: AtomicU64,
     finished: AtomicU64,
+    polls: AtomicU64,
+    busy_ns: AtomicU64,
     live: Mutex<Slab<Birth>>,
 }
 
@@ -177,8 +179,17 @@ impl Group {
             location,
             spawned: AtomicU64::new(0),
             finished: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
             live: Mutex::new(Slab::new()),
         }
+    }
+
+    /// Counts one poll of one of the group's tasks that ran for `busy_ns`.
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    pub(crate) fn record_poll(&self, busy_ns: u64) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        self.busy_ns.fetch_add(busy_ns, Ordering::Relaxed);
     }
 
     /// The group's key.
@@ -211,6 +222,8 @@ impl Group {
             live,
             spawned: self.spawned.load(Ordering::Relaxed),
             finished: self.finished.load(Ordering::Relaxed),
+            polls: self.polls.load(Ordering::Relaxed),
+            busy_ms: self.busy_ns.load(Ordering::Relaxed) / 1_000_000,
             oldest_age_ms: oldest.map(|o| now.saturating_duration_since(o).as_millis() as u64),
             live_by_epoch: by_epoch.into_iter().map(|(epoch, count)| EpochCount { epoch, count }).collect(),
         }

@@ -244,7 +244,7 @@ pub(crate) fn all() -> Stacks {
         }
         threads.push(thread(tid, PER_THREAD));
     }
-    Stacks { source: StackSource::Agent, took_ms: started.elapsed().as_millis() as u64, threads }
+    Stacks { source: StackSource::Agent, took_ms: started.elapsed().as_millis() as u64, threads, tasks: None }
 }
 
 /// This thread's id, for the watchdog's worker slots.

@@ -77,9 +77,16 @@ pub(crate) fn busy(task: u64) {
     w.busy_since.store(now_ns(), Ordering::Release);
 }
 
-/// Called by the hooks when this worker stops running.
-pub(crate) fn idle() {
-    me().busy_since.store(0, Ordering::Release);
+/// Called by the hooks when this worker stops running; returns how long it ran, in
+/// nanoseconds.
+pub(crate) fn idle() -> u64 {
+    let w = me();
+    let since = w.busy_since.swap(0, Ordering::AcqRel);
+    if since == 0 {
+        0
+    } else {
+        now_ns().saturating_sub(since)
+    }
 }
 
 /// The watchdog's settings and count.
@@ -102,6 +109,19 @@ impl Watchdog {
     /// Stalls detected so far.
     pub(crate) fn count(&self) -> u64 {
         self.stalls.load(Ordering::Relaxed)
+    }
+
+    /// Why the runtime looks frozen, if a worker has been in one poll for longer than
+    /// the threshold (250 ms when the watchdog is off: tokio's own limit for dumps).
+    pub(crate) fn stuck(&self) -> Option<String> {
+        let threshold = self.threshold.unwrap_or(DEFAULT_THRESHOLD).as_nanos() as u64;
+        let workers: Vec<&'static Worker> = WORKERS.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        workers.iter().find_map(|w| {
+            let since = w.busy_since.load(Ordering::Acquire);
+            let busy = now_ns().saturating_sub(since);
+            (since != 0 && busy >= threshold)
+                .then(|| format!("worker {} has been in one poll for {} ms", w.tid, busy / 1_000_000))
+        })
     }
 
     /// Looks at every worker; for each newly stuck one, takes its stack now and returns

@@ -54,6 +54,9 @@ fn a_hung_test_leaves_stacks_on_disk_and_the_next_tests_still_run() {
     let text = read(Path::new(stacks));
     assert!(text.contains("source: agent") && text.contains("thread "), "{text}");
     assert!(text.contains("tokio-rt-worker"), "every worker's stack is there: {text}");
+    // The async task stacks (tokio's task dump) show where the request is parked.
+    assert!(text.contains("async task stacks:"), "{text}");
+    assert!(text.contains("never_answers::next_message"), "{text}");
     // The request's task never finished: it is the leak, attributed to the hung test.
     assert_eq!(report["leaks"][0]["leaked_by"][0]["test"], "e2e::next_on_a_quiet_topic");
     let junit = read(&run.run_dir().join("junit.xml"));

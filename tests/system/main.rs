@@ -4,6 +4,7 @@
 
 mod agent;
 mod bad_input;
+mod every_task;
 mod hangs;
 mod leaks;
 mod util;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anstream::{eprintln, println};
 use anstyle::{AnsiColor, Style};
-use hangcheck_runtime::protocol::Snapshot;
+use hangcheck_runtime::protocol::{GroupKind, Snapshot};
 
 use super::{outcome_name, Report, ShutdownEntry, StallEntry, TestRecord};
 use crate::analysis::Leak;
@@ -102,11 +102,10 @@ pub fn table(baseline: &Snapshot, tests: &[TestRecord]) {
     let mut columns: Vec<Column> = Vec::new();
     let group_keys: BTreeSet<&str> =
         rows.iter().flatten().flat_map(|s| s.groups.iter().map(|g| g.key.as_str())).collect();
-    for key in group_keys {
-        columns.push(Column {
-            title: key.to_owned(),
-            values: rows.iter().map(|s| s.map(|s| live(s, key) as i128)).collect(),
-        });
+    let titles = short_titles(&group_keys);
+    for (key, title) in group_keys.iter().zip(titles) {
+        let key = *key;
+        columns.push(Column { title, values: rows.iter().map(|s| s.map(|s| live(s, key) as i128)).collect() });
     }
     let counter_keys: BTreeSet<&str> =
         rows.iter().flatten().flat_map(|s| s.counters.keys().map(String::as_str)).collect();
@@ -164,6 +163,26 @@ pub fn table(baseline: &Snapshot, tests: &[TestRecord]) {
         trend.push_str(&format!("  {:>w$}", sparkline(&c.values), w = *w));
     }
     println!("{DIM}{trend}{DIM:#}");
+}
+
+/// Column titles for group keys: a location key (`dir/file.rs:line`) is cut to its last
+/// two path components, unless that would make two titles alike.
+fn short_titles(keys: &BTreeSet<&str>) -> Vec<String> {
+    let short = |key: &str| -> String {
+        let parts: Vec<&str> = key.split('/').collect();
+        if parts.len() <= 2 {
+            key.to_owned()
+        } else {
+            format!("…/{}", parts[parts.len() - 2..].join("/"))
+        }
+    };
+    let shorts: Vec<String> = keys.iter().map(|k| short(k)).collect();
+    let unique: BTreeSet<&String> = shorts.iter().collect();
+    if unique.len() == shorts.len() {
+        shorts
+    } else {
+        keys.iter().map(|k| k.to_string()).collect()
+    }
 }
 
 fn cells(values: &[Option<i128>]) -> Vec<String> {
@@ -252,15 +271,27 @@ pub fn shutdown_hang(shutdown: &ShutdownEntry, grace: Duration) {
 }
 
 /// The leak verdicts.
-pub fn leaks(leaks: &[Leak]) {
+pub fn leaks(leaks: &[Leak], tokio_unstable: bool) {
     println!();
-    if leaks.is_empty() {
+    if leaks.is_empty() && tokio_unstable {
         println!("{GREEN}No leaks{GREEN:#}: every task group is back at its baseline after settling.");
         return;
     }
+    if leaks.is_empty() {
+        println!(
+            "{GREEN}No leaks{GREEN:#} among named groups. This was a --stable build: tasks spawned without \
+             hangcheck_runtime::spawn are not counted; drop --stable to count every task by spawn location."
+        );
+        return;
+    }
     for leak in leaks {
-        let location = leak.location.as_deref().map(|l| format!(", spawned at {l}")).unwrap_or_default();
-        println!("{RED}LEAK{RED:#} task group {BOLD}`{}`{BOLD:#}{location}", leak.group);
+        match (leak.kind, leak.location.as_deref()) {
+            (GroupKind::Location, _) => println!("{RED}LEAK{RED:#} tasks spawned at {BOLD}{}{BOLD:#}", leak.group),
+            (GroupKind::Named, Some(l)) => {
+                println!("{RED}LEAK{RED:#} task group {BOLD}`{}`{BOLD:#}, spawned at {l}", leak.group)
+            }
+            (GroupKind::Named, None) => println!("{RED}LEAK{RED:#} task group {BOLD}`{}`{BOLD:#}", leak.group),
+        }
         let age =
             leak.oldest_age_ms.map(|ms| format!(", oldest {}", seconds(Duration::from_millis(ms)))).unwrap_or_default();
         println!(
@@ -297,6 +328,14 @@ mod tests {
     #[test]
     fn cells_show_deltas_and_unknowns() {
         assert_eq!(cells(&[Some(0), Some(1), Some(1), None, Some(4)]), vec!["0", "1 (+1)", "1", "?", "4 (+3)"]);
+    }
+
+    #[test]
+    fn location_titles_are_shortened_unless_they_would_collide() {
+        let keys: BTreeSet<&str> = ["conn", "examples/a/src/main.rs:63", "tower-0.5.3/src/buffer/service.rs:57"].into();
+        assert_eq!(short_titles(&keys), vec!["conn", "…/src/main.rs:63", "…/buffer/service.rs:57"]);
+        let clash: BTreeSet<&str> = ["a/src/main.rs:1", "b/src/main.rs:1"].into();
+        assert_eq!(short_titles(&clash), vec!["a/src/main.rs:1", "b/src/main.rs:1"]);
     }
 
     #[test]
