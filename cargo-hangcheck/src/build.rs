@@ -4,7 +4,8 @@
 //! By default the build passes `--cfg tokio_unstable`, which lets the runtime install
 //! tokio's task hooks, and turns on hangcheck-runtime's `taskdump` feature (async task
 //! stacks). Changing RUSTFLAGS rebuilds every crate, so hangcheck builds in
-//! `<target-dir>/hangcheck/build` and the user's own builds stay untouched.
+//! `<target-dir>/hangcheck/build` (`build-stable` for `--stable`) and the user's own
+//! builds stay untouched.
 
 use std::io::BufReader;
 use std::path::PathBuf;
@@ -64,7 +65,8 @@ fn cargo(config: &Config, verb: &str, tokio_unstable: bool) -> Command {
         .arg(&config.manifest_path)
         .args(["--package", &config.package, "--message-format=json-render-diagnostics"])
         .arg("--target-dir")
-        .arg(config.hangcheck_dir.join("build"));
+        // Different RUSTFLAGS would make the two modes rebuild over each other.
+        .arg(config.hangcheck_dir.join(if tokio_unstable { "build" } else { "build-stable" }));
     let b = &config.build;
     if b.release {
         cmd.arg("--release");

@@ -163,11 +163,12 @@ pub fn assert_no_process_with(marker: &str) {
     assert!(strays.is_empty(), "processes left behind: {strays:?}");
 }
 
-/// Builds an example (or fixture) binary the way the runner does and returns its path.
+/// Builds an example (or fixture) binary exactly as the runner does (same flags, features
+/// and directory, so it is the runner's cached build) and returns its path.
 pub fn built_binary(package: &str) -> PathBuf {
     let build_dir = target_dir().join("hangcheck").join("build");
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--package", package, "--target-dir"])
+        .args(["build", "--quiet", "--package", package, "--features", "hangcheck-runtime/taskdump", "--target-dir"])
         .arg(&build_dir)
         .env("RUSTFLAGS", "--cfg tokio_unstable")
         .current_dir(workspace_root())
