@@ -101,6 +101,7 @@ impl Agent {
             }),
             process: process_facts::read(),
             stalls: self.watchdog.count(),
+            ops: registry.ops.stats(),
         }
     }
 
@@ -153,6 +154,7 @@ fn serve(agent: &'static Agent, path: &std::ffi::OsStr, events: Receiver<AgentMe
         announced: agent.registry.announced(),
     };
     protocol::write_message(&mut writer, &AgentMessage::Hello(hello))?;
+    stacks::warm_up();
 
     let mut buf = Vec::new();
     loop {

@@ -35,6 +35,8 @@ mod agent;
 #[cfg(feature = "agent")]
 mod hooks;
 #[cfg(feature = "agent")]
+mod ops;
+#[cfg(feature = "agent")]
 mod process_facts;
 #[cfg(feature = "agent")]
 mod registry;
@@ -188,6 +190,76 @@ mod api {
     /// ```
     pub fn gauge(name: &str) -> Gauge {
         Gauge(agent::get().map(|a| a.registry.gauge(name)))
+    }
+
+    /// Starts an operation of `kind` for `key` (a stream for a session, a job for a
+    /// user); it is in flight until the returned guard is dropped or
+    /// [`finished`](Op::finish).
+    ///
+    /// Snapshots list in-flight operations per kind with their ages and the test each
+    /// began in, and the runner flags two in flight for one key at once (caught the
+    /// moment the second starts) and operations still in flight after their test ended.
+    /// The key is hashed before it is stored; see [`op_plain`] to keep it readable.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let session = "session-42";
+    /// let stream = hangcheck_runtime::op("stream", session);
+    /// // ... stream the answer ...
+    /// stream.finish();
+    /// # }
+    /// ```
+    pub fn op(kind: &str, key: &str) -> Op {
+        start_op(kind, key, false)
+    }
+
+    /// [`op`] with the key stored as given, for keys that are not sensitive.
+    ///
+    /// ```
+    /// let job = hangcheck_runtime::op_plain("reindex", "shard-3");
+    /// drop(job); // finished
+    /// ```
+    pub fn op_plain(kind: &str, key: &str) -> Op {
+        start_op(kind, key, true)
+    }
+
+    fn start_op(kind: &str, key: &str, plain: bool) -> Op {
+        Op(agent::get().map(|a| a.registry.ops.start(kind, crate::ops::key_of(key, plain), a.registry.epoch())))
+    }
+
+    /// An in-flight operation; see [`op`]. A no-op when hangcheck is inert.
+    #[must_use = "the operation ends when this guard is dropped"]
+    pub struct Op(Option<crate::ops::OpGuard>);
+
+    impl Op {
+        /// Gives the operation a time budget: outliving it counts as slow, in flight and
+        /// after it finishes.
+        ///
+        /// ```
+        /// use std::time::Duration;
+        /// let query = hangcheck_runtime::op("query", "user-7").warn_after(Duration::from_secs(2));
+        /// query.finish();
+        /// ```
+        pub fn warn_after(self, budget: std::time::Duration) -> Op {
+            if let Some(guard) = &self.0 {
+                guard.set_budget(budget);
+            }
+            self
+        }
+
+        /// Ends the operation (the same as dropping it, said out loud).
+        ///
+        /// ```
+        /// hangcheck_runtime::op("upload", "file-1").finish();
+        /// ```
+        pub fn finish(self) {}
+    }
+
+    impl std::fmt::Debug for Op {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Op").field("active", &self.0.is_some()).finish()
+        }
     }
 
     /// A handle to a counter; see [`counter`]. A no-op when hangcheck is inert.

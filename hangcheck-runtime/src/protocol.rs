@@ -182,6 +182,45 @@ pub struct Snapshot {
     /// Stalls detected since the server started.
     #[serde(default)]
     pub stalls: u64,
+    /// Operations by kind.
+    #[serde(default)]
+    pub ops: Vec<OpStats>,
+}
+
+/// The operations of one kind (`hangcheck_runtime::op(kind, key)`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpStats {
+    /// The kind, e.g. `"stream"`.
+    pub kind: String,
+    /// Operations in flight now.
+    pub in_flight: u64,
+    /// Operations started since the server started.
+    pub started: u64,
+    /// Operations finished.
+    pub finished: u64,
+    /// Age of the oldest in flight, in milliseconds.
+    pub oldest_age_ms: Option<u64>,
+    /// In-flight operations by the epoch they began in.
+    pub live_by_epoch: Vec<EpochCount>,
+    /// In flight and past their `warn_after` budget.
+    pub slow_in_flight: u64,
+    /// Finished after their budget had passed.
+    pub slow_finished: u64,
+    /// How many times an operation started while another with its key was in flight.
+    pub overlap_events: u64,
+    /// The keys that overlapped (at most 64 per kind).
+    pub overlaps: Vec<Overlap>,
+}
+
+/// Operations of one key that were in flight at the same time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overlap {
+    /// The key, hashed (`#` and 16 hex digits) unless the server opted out.
+    pub key: String,
+    /// The most in flight at once.
+    pub max_in_flight: u64,
+    /// The epochs (tests) in which an overlap began.
+    pub epochs: Vec<u64>,
 }
 
 /// How a task group got its key.

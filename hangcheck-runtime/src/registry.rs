@@ -25,6 +25,7 @@ pub(crate) struct Registry {
     counters: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
     gauges: RwLock<BTreeMap<String, Arc<AtomicI64>>>,
     announced: Mutex<Vec<Announcement>>,
+    pub(crate) ops: crate::ops::Ops,
 }
 
 /// A live task's record.
@@ -82,6 +83,7 @@ impl Registry {
             counters: RwLock::default(),
             gauges: RwLock::default(),
             announced: Mutex::default(),
+            ops: crate::ops::Ops::default(),
         }
     }
 

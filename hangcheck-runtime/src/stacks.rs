@@ -247,6 +247,15 @@ pub(crate) fn all() -> Stacks {
     Stacks { source: StackSource::Agent, took_ms: started.elapsed().as_millis() as u64, threads, tasks: None }
 }
 
+/// Loads the debug info used to symbolise stacks, on a short-lived thread, so that the
+/// first stall or stack request does not pay for it (seconds, for a large debug binary
+/// on a busy machine). backtrace caches what it loaded for the process.
+pub(crate) fn warm_up() {
+    let _ = std::thread::Builder::new().name("hangcheck-warmup".into()).spawn(|| {
+        backtrace::resolve(warm_up as *mut c_void, |_| {});
+    });
+}
+
 /// This thread's id, for the watchdog's worker slots.
 pub(crate) fn current_tid() -> i32 {
     gettid()

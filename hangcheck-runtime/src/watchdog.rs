@@ -140,7 +140,10 @@ impl Watchdog {
             if now_ns().saturating_sub(since) < threshold_ns {
                 continue;
             }
+            // Name the task first: by the time a slow symbolisation is done, the poll may
+            // have ended and the task with it.
             let task = w.task.load(Ordering::Relaxed);
+            let described = (task != 0).then(|| describe(task));
             // Taking the raw stack is quick; symbolising it (loading debug info the first
             // time) is not, so the stuck time is read as the stack is taken.
             let (mut stack, taken_at) = stacks::thread_at(w.tid, stacks::PER_THREAD);
@@ -151,8 +154,8 @@ impl Watchdog {
             }
             w.reported_seq.store(seq, Ordering::Relaxed);
             self.stalls.fetch_add(1, Ordering::Relaxed);
-            let task = (task != 0).then(|| {
-                let (group, location) = describe(task).map_or((None, None), |(g, l)| (Some(g), l));
+            let task = described.map(|d| {
+                let (group, location) = d.map_or((None, None), |(g, l)| (Some(g), l));
                 StalledTask { id: task, group, location }
             });
             stalls.push(Stall {

@@ -15,20 +15,21 @@ fn read(path: &Path) -> String {
 #[test]
 fn a_blocked_worker_is_caught_with_the_handler_that_blocked_it() {
     let mark = marker("stall");
-    let run = hangcheck_test(&["-p", "blocking-handler", "--server-env", &mark]);
+    let run = hangcheck_test(&["-p", "blocking-handler", "--stall-threshold", "250ms", "--server-env", &mark]);
     assert_eq!(run.code, HANG, "{run}");
     let report = run.report();
     let stalls = report["stalls"].as_array().unwrap();
-    assert_eq!(stalls.len(), 1, "{stalls:#?}");
-    let stall = &stalls[0];
-    assert_eq!(stall["test"], "e2e::audit_during_backup");
+    // On a loaded machine an ordinary poll may be reported too; the blocked one must be.
+    let stall = stalls
+        .iter()
+        .find(|s| s["test"] == "e2e::audit_during_backup" && s["task"]["group"] == "conn")
+        .unwrap_or_else(|| panic!("no stall of the AUDIT handler: {stalls:#?}"));
     let blocked_in = stall["blocked_in"].as_str().unwrap();
     assert!(blocked_in.starts_with("blocking_handler::audit_entries at "), "{blocked_in}");
     assert!(blocked_in.contains("examples/blocking-handler/src/main.rs:"), "{blocked_in}");
     assert!(stall["stuck_ms"].as_u64().unwrap() >= 250, "{stall:#?}");
     assert_eq!(stall["threshold_ms"], 250);
     // The task being polled is named (tokio_unstable poll hooks): the connection task.
-    assert_eq!(stall["task"]["group"], "conn");
     assert!(stall["task"]["location"].as_str().unwrap().starts_with("examples/blocking-handler/src/main.rs:"));
     let file = read(Path::new(stall["file"].as_str().unwrap()));
     assert!(file.contains("blocking_handler::audit_entries"), "{file}");
