@@ -2,17 +2,21 @@
 //!
 //! Settling is goleak's lesson: judge what is left, not what is still finishing. After a
 //! test the runner re-snapshots until no task group is above where it stood before the
-//! test, or the settle time runs out; a connection task that ends a moment after its
+//! test (tasks, operations, fds, threads), or the settle time runs out; a connection task
+//! that ends a moment after its
 //! client has gone is then not counted.
 //!
-//! A group leaks when its settled live count at the end of the run exceeds its count in
-//! the baseline (taken once the server is up) by more than `allow-growth`. The tests that
-//! leaked it are read off the survivors' birth epochs: epoch `n` is the `n`-th test.
+//! Task groups, operation kinds, file descriptors (by kind) and threads are judged alike,
+//! as *measures*: one leaks when its settled value at the end of the run exceeds the
+//! baseline (taken once the server is up) by more than `allow-growth`. The tests that
+//! leaked tasks or operations are read off the survivors' birth epochs (epoch `n` is the
+//! `n`-th test); fds and threads carry no birth epoch, so their leaks are attributed to
+//! the tests after which the settled value rose.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use hangcheck_runtime::protocol::{GroupKind, GroupStats, Snapshot};
+use hangcheck_runtime::protocol::{EpochCount, GroupKind, Snapshot};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -43,17 +47,94 @@ pub fn settle(
     }
 }
 
-/// Whether any judged group has more live tasks in `now` than in `before`.
-fn grew(before: &Snapshot, now: &Snapshot, config: &Config) -> bool {
-    let old = live_by_key(before);
-    now.groups
-        .iter()
-        .filter(|g| !config.ignores(&g.key, g.location.as_deref()))
-        .any(|g| g.live > old.get(&(g.kind, g.key.as_str())).copied().unwrap_or(0))
+/// What a verdict is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MeasureKind {
+    /// Tasks spawned with `hangcheck_runtime::spawn(name, ...)`.
+    Named,
+    /// Tasks grouped by spawn location (tokio_unstable task hooks).
+    Location,
+    /// In-flight operations of one kind (`hangcheck_runtime::op`).
+    Operation,
+    /// Open file descriptors of one kind (`fd:socket`, `fd:file`, `fd:pipe`, `fd:other`).
+    Fd,
+    /// Threads of the process.
+    Threads,
 }
 
-fn live_by_key(s: &Snapshot) -> BTreeMap<(GroupKind, &str), u64> {
-    s.groups.iter().map(|g| ((g.kind, g.key.as_str()), g.live)).collect()
+/// One thing that can leak, read off a snapshot.
+struct Measure<'s> {
+    key: String,
+    kind: MeasureKind,
+    location: Option<&'s str>,
+    value: u64,
+    oldest_age_ms: Option<u64>,
+    /// Live things by birth epoch, where the runtime knows them.
+    by_epoch: Option<&'s [EpochCount]>,
+}
+
+/// Every measure of a snapshot: task groups, operation kinds, fds by kind, threads.
+fn measures(s: &Snapshot) -> Vec<Measure<'_>> {
+    let mut out: Vec<Measure<'_>> = s
+        .groups
+        .iter()
+        .map(|g| Measure {
+            key: g.key.clone(),
+            kind: match g.kind {
+                GroupKind::Named => MeasureKind::Named,
+                GroupKind::Location => MeasureKind::Location,
+            },
+            location: g.location.as_deref(),
+            value: g.live,
+            oldest_age_ms: g.oldest_age_ms,
+            by_epoch: Some(&g.live_by_epoch),
+        })
+        .collect();
+    out.extend(s.ops.iter().map(|o| Measure {
+        key: format!("op:{}", o.kind),
+        kind: MeasureKind::Operation,
+        location: None,
+        value: o.in_flight,
+        oldest_age_ms: o.oldest_age_ms,
+        by_epoch: Some(&o.live_by_epoch),
+    }));
+    let fds = &s.process.fds;
+    for (key, value) in
+        [("fd:socket", fds.socket), ("fd:file", fds.file), ("fd:pipe", fds.pipe), ("fd:other", fds.other)]
+    {
+        out.push(Measure {
+            key: key.into(),
+            kind: MeasureKind::Fd,
+            location: None,
+            value,
+            oldest_age_ms: None,
+            by_epoch: None,
+        });
+    }
+    out.push(Measure {
+        key: "threads".into(),
+        kind: MeasureKind::Threads,
+        location: None,
+        value: s.process.threads,
+        oldest_age_ms: None,
+        by_epoch: None,
+    });
+    out
+}
+
+/// The value of every measure of a snapshot, by kind and key.
+fn values(s: &Snapshot) -> BTreeMap<(MeasureKind, String), u64> {
+    measures(s).into_iter().map(|m| ((m.kind, m.key), m.value)).collect()
+}
+
+/// Whether any judged measure is higher in `now` than in `before`.
+fn grew(before: &Snapshot, now: &Snapshot, config: &Config) -> bool {
+    let old = values(before);
+    measures(now)
+        .iter()
+        .filter(|m| !config.ignores(&m.key, m.location))
+        .any(|m| m.value > old.get(&(m.kind, m.key.clone())).copied().unwrap_or(0))
 }
 
 /// The tests of a run by epoch: epoch `n` belongs to `names[n - 1]`.
@@ -72,88 +153,166 @@ impl Epochs<'_> {
     }
 }
 
-/// A task group that leaked.
+/// Something that grew over the run beyond what the policy allows.
 #[derive(Debug, Clone, Serialize)]
 pub struct Leak {
-    /// The group's name or location key.
+    /// The group's name or location, `op:<kind>`, `fd:<kind>` or `threads`.
     pub group: String,
-    /// How the group is keyed.
-    pub kind: GroupKind,
+    /// What it is.
+    pub kind: MeasureKind,
     /// Where its tasks are spawned, when known.
     pub location: Option<String>,
-    /// Live tasks in the baseline.
+    /// The value in the baseline.
     pub baseline: u64,
-    /// Live tasks at the end, settled.
+    /// The value at the end, settled.
     #[serde(rename = "final")]
     pub final_live: u64,
     /// `final - baseline`.
     pub growth: u64,
     /// The growth allowed by the policy.
     pub allowed: u64,
-    /// Age of the oldest survivor at the end, in milliseconds.
+    /// Age of the oldest survivor at the end, in milliseconds, where known.
     pub oldest_age_ms: Option<u64>,
-    /// Survivors per test that spawned them, in run order; start-up and after-suite
-    /// survivors are listed under those names.
+    /// Which tests grew it, in run order: for tasks and operations, the survivors born
+    /// in each test; for fds and threads, each test's rise in the settled value.
     pub leaked_by: Vec<LeakedBy>,
 }
 
-/// How many survivors one test left in a group.
+/// How much one test contributed to a leak.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct LeakedBy {
     /// The test id, or `(start-up)` / `(after the suite)`.
     pub test: String,
     /// The epoch.
     pub epoch: u64,
-    /// Survivors born in it.
+    /// Survivors born in it, or the rise it caused.
     pub count: u64,
 }
 
-/// The leak verdicts of a run.
-pub fn leaks(baseline: &Snapshot, last: &Snapshot, epochs: &Epochs<'_>, config: &Config) -> Vec<Leak> {
-    let base = live_by_key(baseline);
-    let base_epochs: BTreeMap<(GroupKind, &str), &GroupStats> =
-        baseline.groups.iter().map(|g| ((g.kind, g.key.as_str()), g)).collect();
+/// The leak verdicts of a run. `history` holds each test's settled snapshot in run order
+/// (`None` where the server could not answer).
+pub fn leaks(
+    baseline: &Snapshot,
+    last: &Snapshot,
+    history: &[Option<&Snapshot>],
+    epochs: &Epochs<'_>,
+    config: &Config,
+) -> Vec<Leak> {
+    let base_measures = measures(baseline);
+    let base: BTreeMap<(MeasureKind, &str), &Measure<'_>> =
+        base_measures.iter().map(|m| ((m.kind, m.key.as_str()), m)).collect();
     let mut leaks = Vec::new();
-    for g in &last.groups {
-        if config.ignores(&g.key, g.location.as_deref()) {
+    for m in measures(last) {
+        if config.ignores(&m.key, m.location) {
             continue;
         }
-        let before = base.get(&(g.kind, g.key.as_str())).copied().unwrap_or(0);
-        let growth = g.live.saturating_sub(before);
+        let held = base.get(&(m.kind, m.key.as_str()));
+        let before = held.map_or(0, |h| h.value);
+        let growth = m.value.saturating_sub(before);
         if growth <= config.allow_growth {
             continue;
         }
-        // Survivors the baseline already held are not this run's doing.
-        let held = base_epochs.get(&(g.kind, g.key.as_str()));
-        let leaked_by = g
-            .live_by_epoch
-            .iter()
-            .filter_map(|e| {
-                let already =
-                    held.and_then(|h| h.live_by_epoch.iter().find(|b| b.epoch == e.epoch)).map_or(0, |b| b.count);
-                let count = e.count.saturating_sub(already);
-                (count > 0).then(|| LeakedBy { test: epochs.owner(e.epoch), epoch: e.epoch, count })
-            })
-            .collect();
+        let leaked_by = match m.by_epoch {
+            Some(by_epoch) => by_epoch
+                .iter()
+                .filter_map(|e| {
+                    // Survivors the baseline already held are not this run's doing.
+                    let already = held
+                        .and_then(|h| h.by_epoch)
+                        .and_then(|b| b.iter().find(|b| b.epoch == e.epoch))
+                        .map_or(0, |b| b.count);
+                    let count = e.count.saturating_sub(already);
+                    (count > 0).then(|| LeakedBy { test: epochs.owner(e.epoch), epoch: e.epoch, count })
+                })
+                .collect(),
+            None => rises(&m, before, history, epochs),
+        };
         leaks.push(Leak {
-            group: g.key.clone(),
-            kind: g.kind,
-            location: g.location.clone(),
+            group: m.key.clone(),
+            kind: m.kind,
+            location: m.location.map(str::to_owned),
             baseline: before,
-            final_live: g.live,
+            final_live: m.value,
             growth,
             allowed: config.allow_growth,
-            oldest_age_ms: g.oldest_age_ms,
+            oldest_age_ms: m.oldest_age_ms,
             leaked_by,
         });
     }
     leaks
 }
 
+/// For a measure without birth epochs: the tests after which its settled value rose.
+fn rises(m: &Measure<'_>, baseline: u64, history: &[Option<&Snapshot>], epochs: &Epochs<'_>) -> Vec<LeakedBy> {
+    let mut previous = baseline;
+    let mut out = Vec::new();
+    for (i, snapshot) in history.iter().enumerate() {
+        let Some(s) = snapshot else { continue };
+        let value = values(s).get(&(m.kind, m.key.clone())).copied().unwrap_or(0);
+        if value > previous {
+            let epoch = i as u64 + 1;
+            out.push(LeakedBy { test: epochs.owner(epoch), epoch, count: value - previous });
+        }
+        previous = value;
+    }
+    out
+}
+
+/// Operations of one key that were in flight together, and the tests that started them.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConcurrentOps {
+    /// The operation kind.
+    pub kind: String,
+    /// The key, hashed unless the server opted out.
+    pub key: String,
+    /// The most in flight at once.
+    pub max_in_flight: u64,
+    /// The tests in which the overlaps began.
+    pub tests: Vec<String>,
+}
+
+/// Every overlap the runtime recorded by the end of the run.
+pub fn concurrent_ops(last: &Snapshot, epochs: &Epochs<'_>) -> Vec<ConcurrentOps> {
+    last.ops
+        .iter()
+        .flat_map(|o| {
+            o.overlaps.iter().map(move |ov| ConcurrentOps {
+                kind: o.kind.clone(),
+                key: ov.key.clone(),
+                max_in_flight: ov.max_in_flight,
+                tests: ov.epochs.iter().map(|&e| epochs.owner(e)).collect(),
+            })
+        })
+        .collect()
+}
+
+/// Operations a test began that were still in flight once it had ended and settled.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Lingering {
+    /// The operation kind.
+    pub kind: String,
+    /// How many.
+    pub count: u64,
+}
+
+/// The operations of epoch `epoch` still in flight in its settled snapshot.
+pub fn lingering(snapshot: &Snapshot, epoch: u64) -> Vec<Lingering> {
+    snapshot
+        .ops
+        .iter()
+        .filter_map(|o| {
+            let count = o.live_by_epoch.iter().find(|e| e.epoch == epoch).map_or(0, |e| e.count);
+            (count > 0).then(|| Lingering { kind: o.kind.clone(), count })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use hangcheck_runtime::protocol::EpochCount;
+
+    use hangcheck_runtime::protocol::GroupStats;
 
     fn group(key: &str, live: u64, by_epoch: &[(u64, u64)]) -> GroupStats {
         GroupStats {
@@ -204,7 +363,7 @@ mod tests {
         let names = vec!["e2e::a".to_owned(), "e2e::b".to_owned(), "e2e::c".to_owned()];
         let baseline = snap(vec![group("waiter", 1, &[(0, 1)]), group("conn", 0, &[])]);
         let last = snap(vec![group("waiter", 5, &[(0, 1), (1, 1), (3, 3)]), group("conn", 0, &[])]);
-        let leaks = leaks(&baseline, &last, &Epochs { names: &names }, &config(0, &[]));
+        let leaks = leaks(&baseline, &last, &[], &Epochs { names: &names }, &config(0, &[]));
         assert_eq!(leaks.len(), 1);
         let l = &leaks[0];
         assert_eq!((l.group.as_str(), l.baseline, l.final_live, l.growth), ("waiter", 1, 5, 4));
@@ -217,10 +376,40 @@ mod tests {
         let names = vec!["t".to_owned()];
         let baseline = snap(vec![]);
         let last = snap(vec![group("pool", 2, &[(1, 2)]), group("bg", 7, &[(1, 7)])]);
-        assert!(leaks(&baseline, &last, &Epochs { names: &names }, &config(2, &["bg"])).is_empty());
-        assert_eq!(leaks(&baseline, &last, &Epochs { names: &names }, &config(1, &["bg"])).len(), 1);
+        assert!(leaks(&baseline, &last, &[], &Epochs { names: &names }, &config(2, &["bg"])).is_empty());
+        assert_eq!(leaks(&baseline, &last, &[], &Epochs { names: &names }, &config(1, &["bg"])).len(), 1);
         // Location prefixes work too.
-        assert!(leaks(&baseline, &last, &Epochs { names: &names }, &config(0, &["src/"])).is_empty());
+        assert!(leaks(&baseline, &last, &[], &Epochs { names: &names }, &config(0, &["src/"])).is_empty());
+    }
+
+    #[test]
+    fn fd_growth_is_attributed_to_the_tests_after_which_it_rose() {
+        let names = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let mut baseline = snap(vec![]);
+        baseline.process.fds.file = 2;
+        let mut after_a = baseline.clone();
+        after_a.process.fds.file = 3;
+        let after_b = after_a.clone();
+        let mut after_c = after_a.clone();
+        after_c.process.fds.file = 5;
+        let history = [Some(&after_a), Some(&after_b), Some(&after_c)];
+        let leaks = leaks(&baseline, &after_c, &history, &Epochs { names: &names }, &config(0, &[]));
+        assert_eq!(leaks.len(), 1, "{leaks:?}");
+        assert_eq!((leaks[0].group.as_str(), leaks[0].growth), ("fd:file", 3));
+        let by: Vec<(&str, u64)> = leaks[0].leaked_by.iter().map(|b| (b.test.as_str(), b.count)).collect();
+        assert_eq!(by, vec![("a", 1), ("c", 2)]);
+        // And it can be ignored like any group.
+        assert!(leaks_with_ignore(&baseline, &after_c, &history, &names, "fd:").is_empty());
+    }
+
+    fn leaks_with_ignore(
+        b: &Snapshot,
+        l: &Snapshot,
+        h: &[Option<&Snapshot>],
+        names: &[String],
+        ignore: &str,
+    ) -> Vec<Leak> {
+        leaks(b, l, h, &Epochs { names }, &config(0, &[ignore]))
     }
 
     #[test]

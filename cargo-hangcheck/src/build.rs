@@ -39,6 +39,9 @@ pub fn build(config: &Config) -> Result<Built, SetupError> {
         .and_then(|a| a.executable.clone())
         .ok_or_else(|| SetupError::Config(format!("cargo built no executable for bin `{}`", config.server_bin)))?;
 
+    if config.test_targets.is_empty() {
+        return Ok(Built { server: server.into_std_path_buf(), tests: Vec::new(), tokio_unstable });
+    }
     let mut test = cargo(config, "test", tokio_unstable);
     test.arg("--no-run");
     for t in &config.test_targets {

@@ -34,8 +34,13 @@ pub struct Hangcheck {
 pub enum Command {
     /// Build and start the server, run its E2E tests one at a time, report what leaks.
     Test(TestArgs),
+    /// Start the server under the agent with no tests, to drive it by hand; Enter prints
+    /// a snapshot with the deltas since the last one.
+    Run(ServerArgs),
     /// Print the server's stacks from the run in progress (it keeps running).
     Stacks(LocateArgs),
+    /// Print a snapshot, with deltas since the last one, from the run in progress.
+    Snapshot(LocateArgs),
 }
 
 /// Where to look for a run in progress.
@@ -90,15 +95,12 @@ pub struct PackageArgs {
     pub stable: bool,
 }
 
-/// `cargo hangcheck test`.
-#[derive(Args, Debug, Default)]
-pub struct TestArgs {
+/// How to start the server: shared by `test` and `run`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServerArgs {
     #[command(flatten)]
     pub package: PackageArgs,
 
-    /// Test target(s) holding the E2E tests [config: tests; default: all test targets].
-    #[arg(long = "test", value_name = "NAME", help_heading = "Target Selection")]
-    pub tests: Vec<String>,
     /// The server's bin target [config: server.bin].
     #[arg(long = "bin", value_name = "NAME", help_heading = "Server")]
     pub bin: Option<String>,
@@ -112,31 +114,42 @@ pub struct TestArgs {
     /// `hello` [config: server.ready; default: announce].
     #[arg(long, value_enum, value_name = "WHEN", help_heading = "Server")]
     pub ready: Option<Ready>,
-
-    /// Time for one test before it counts as hung [config: test-timeout; default: 60s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
-    pub test_timeout: Option<Duration>,
-    /// Time for the server to build nothing more and say hello [config: startup-timeout; default: 30s].
+    /// Time for the server to say hello [config: startup-timeout; default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
     pub startup_timeout: Option<Duration>,
     /// Time the server gets after SIGTERM before it is a shutdown hang [config: shutdown-grace; default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
     pub shutdown_grace: Option<Duration>,
-    /// Longest wait for task counts to come back down after a test [config: settle; default: 1s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
-    pub settle: Option<Duration>,
-
     /// A worker stuck in one poll this long is a stall; 0 turns the watchdog off [config: stall-threshold; default: 250ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
     pub stall_threshold: Option<Duration>,
-    /// Stop at the first failed or hung test.
+}
+
+/// `cargo hangcheck test`.
+#[derive(Args, Debug, Default)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Test target(s) holding the E2E tests [config: tests; default: all test targets].
+    #[arg(long = "test", value_name = "NAME", help_heading = "Target Selection")]
+    pub tests: Vec<String>,
+    /// Time for one test before it counts as hung [config: test-timeout; default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
+    pub test_timeout: Option<Duration>,
+    /// Longest wait for counts to come back down after a test [config: settle; default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
+    pub settle: Option<Duration>,
+    /// Stop at the first failed or hung test [config: fail-fast].
     #[arg(long, help_heading = "Timeouts")]
     pub fail_fast: bool,
 
-    /// Live tasks a group may gain over the run before it is a leak [config: leaks.allow-growth; default: 0].
+    /// Growth a task group, operation kind, fd kind or the thread count may have over the
+    /// run before it is a leak [config: leaks.allow-growth; default: 0].
     #[arg(long, value_name = "N", help_heading = "Leak Policy")]
     pub allow_growth: Option<u64>,
-    /// A group name or location prefix never judged; repeat for more [config: leaks.ignore].
+    /// A group name, location prefix, `op:KIND`, `fd:KIND` or `threads` never judged;
+    /// repeat for more [config: leaks.ignore].
     #[arg(long, value_name = "PREFIX", help_heading = "Leak Policy")]
     pub ignore: Vec<String>,
 

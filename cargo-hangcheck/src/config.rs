@@ -10,7 +10,7 @@ use std::time::Duration;
 use cargo_metadata::{Metadata, MetadataCommand, Package, TargetKind};
 use serde::Deserialize;
 
-use crate::cli::{parse_duration, PackageArgs, Ready, TestArgs};
+use crate::cli::{parse_duration, PackageArgs, Ready, ServerArgs, TestArgs};
 use crate::errors::SetupError;
 
 /// The metadata table, as written in Cargo.toml.
@@ -91,15 +91,26 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the manifest and merges the CLI over it.
+    /// Reads the manifest and merges the CLI over it, for `cargo hangcheck test`.
     pub fn resolve(args: &TestArgs) -> Result<Config, SetupError> {
+        Config::resolve_for(args, true)
+    }
+
+    /// For `cargo hangcheck run`: the server alone, no test targets needed.
+    pub fn resolve_live(server: &ServerArgs) -> Result<Config, SetupError> {
+        let args = TestArgs { server: server.clone(), ..TestArgs::default() };
+        Config::resolve_for(&args, false)
+    }
+
+    fn resolve_for(args: &TestArgs, with_tests: bool) -> Result<Config, SetupError> {
+        let server_args = &args.server;
         let mut cmd = MetadataCommand::new();
         cmd.no_deps();
-        if let Some(path) = &args.package.manifest_path {
+        if let Some(path) = &server_args.package.manifest_path {
             cmd.manifest_path(path);
         }
         let metadata = cmd.exec()?;
-        let package = select_package(&metadata, args.package.package.as_deref())?;
+        let package = select_package(&metadata, server_args.package.package.as_deref())?;
 
         let workspace_table = table(&metadata.workspace_metadata, "[workspace.metadata.hangcheck]")?;
         let package_table = table(&package.metadata, "[package.metadata.hangcheck]")?;
@@ -109,7 +120,7 @@ impl Config {
 
         let bins: Vec<&str> =
             package.targets.iter().filter(|t| t.kind.contains(&TargetKind::Bin)).map(|t| t.name.as_str()).collect();
-        let server_bin = match args.bin.clone().or(server.bin) {
+        let server_bin = match server_args.bin.clone().or(server.bin) {
             Some(bin) if bins.contains(&bin.as_str()) => bin,
             Some(bin) => {
                 return Err(SetupError::Config(format!(
@@ -143,7 +154,7 @@ impl Config {
         }
         let test_targets =
             if test_targets.is_empty() { test_kinds.iter().map(|s| s.to_string()).collect() } else { test_targets };
-        if test_targets.is_empty() {
+        if test_targets.is_empty() && with_tests {
             return Err(SetupError::Config(format!(
                 "package `{}` has no test targets: put the E2E tests in tests/*.rs",
                 package.name
@@ -151,49 +162,52 @@ impl Config {
         }
 
         let mut server_env: Vec<(String, String)> = server.env.unwrap_or_default().into_iter().collect();
-        for (k, v) in &args.server_env {
+        for (k, v) in &server_args.server_env {
             server_env.retain(|(key, _)| key != k);
             server_env.push((k.clone(), v.clone()));
         }
         let mut ignore = leaks.ignore.unwrap_or_default();
         ignore.extend(args.ignore.iter().cloned());
 
-        let target_dir =
-            args.package.target_dir.clone().unwrap_or_else(|| metadata.target_directory.clone().into_std_path_buf());
+        let target_dir = server_args
+            .package
+            .target_dir
+            .clone()
+            .unwrap_or_else(|| metadata.target_directory.clone().into_std_path_buf());
         let manifest_path = package.manifest_path.clone().into_std_path_buf();
         Ok(Config {
             package: package.name.to_string(),
             package_dir: manifest_path.parent().map(PathBuf::from).unwrap_or_default(),
             manifest_path,
             hangcheck_dir: target_dir.join("hangcheck"),
-            build: args.package.clone(),
+            build: server_args.package.clone(),
             runtime_dependency: package.dependencies.iter().any(|d| d.name == "hangcheck-runtime"),
             server_bin,
-            server_args: if args.server_args.is_empty() {
+            server_args: if server_args.server_args.is_empty() {
                 server.args.unwrap_or_default()
             } else {
-                args.server_args.clone()
+                server_args.server_args.clone()
             },
             server_env,
-            ready: args.ready.or(server.ready).unwrap_or(Ready::Announce),
+            ready: server_args.ready.or(server.ready).unwrap_or(Ready::Announce),
             test_targets,
             filters: args.filters.clone(),
             test_timeout: duration(args.test_timeout, file.test_timeout, "test-timeout", Duration::from_secs(60))?,
             startup_timeout: duration(
-                args.startup_timeout,
+                server_args.startup_timeout,
                 file.startup_timeout,
                 "startup-timeout",
                 Duration::from_secs(30),
             )?,
             shutdown_grace: duration(
-                args.shutdown_grace,
+                server_args.shutdown_grace,
                 file.shutdown_grace,
                 "shutdown-grace",
                 Duration::from_secs(5),
             )?,
             settle: duration(args.settle, file.settle, "settle", Duration::from_secs(1))?,
             stall_threshold: duration(
-                args.stall_threshold,
+                server_args.stall_threshold,
                 file.stall_threshold,
                 "stall-threshold",
                 Duration::from_millis(250),

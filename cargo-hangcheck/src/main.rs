@@ -4,8 +4,9 @@
 //! The modules follow the steps of a run (DESIGN.md): [`config`] → [`build`] →
 //! [`server`] (with [`link`], the agent connection) → [`suite`] → [`analysis`] →
 //! [`report`], with [`process`] owning every child's lifecycle and [`rundir`] every
-//! artifact. [`stacks`] fetches the server's stacks (agent, or gdb from outside) and
-//! [`ondemand`] serves them to a second terminal while a run is in progress.
+//! artifact. [`stacks`] fetches the server's stacks (agent, or gdb from outside),
+//! [`ondemand`] serves stacks and snapshots to a second terminal while a run is in
+//! progress, and [`live`] is `cargo hangcheck run`, the server driven by hand.
 
 mod analysis;
 mod build;
@@ -14,6 +15,7 @@ mod config;
 mod errors;
 mod exit;
 mod link;
+mod live;
 mod ondemand;
 mod process;
 mod report;
@@ -46,7 +48,9 @@ fn main() {
     // child's process group, so even then nothing is left running.
     let code = std::panic::catch_unwind(AssertUnwindSafe(|| match &args.command {
         Command::Test(test) => run::test(test),
-        Command::Stacks(locate) => ondemand::command(locate),
+        Command::Run(server) => live::run(server),
+        Command::Stacks(locate) => ondemand::command(locate, ondemand::Request::Stacks),
+        Command::Snapshot(locate) => ondemand::command(locate, ondemand::Request::Snapshot),
     }))
     .unwrap_or(exit::INTERNAL);
     std::process::exit(code);

@@ -1,15 +1,19 @@
-//! Stacks on demand while a run is in progress, without stopping anything.
+//! Stacks and snapshots on demand while a run is in progress, without stopping anything.
 //!
-//! A running `cargo hangcheck test` writes `runner.json` (its pid) into its run directory
-//! and removes it when it ends. `cargo hangcheck stacks` finds the run whose runner is
-//! alive, sends it SIGUSR1, and waits for the stack file to appear; the runner, between
-//! two looks at the running test, fetches the server's stacks (agent, or gdb from
-//! outside) and writes them to `ondemand/stacks-<n>.txt`. `kill -USR1 <runner pid>` does
-//! the same by hand.
+//! A running `cargo hangcheck test` or `run` writes `runner.json` (its pid) into its run
+//! directory and removes it when it ends. `cargo hangcheck stacks` (`snapshot`) finds the
+//! run whose runner is alive, sends it SIGUSR1 (SIGUSR2), and waits for the file to
+//! appear; the runner, between two looks at what it is waiting for, fetches the server's
+//! stacks (agent, or gdb from outside) or a snapshot with the deltas since the previous
+//! one, and writes it to `ondemand/stacks-<n>.txt` (`snapshot-<n>.txt`). `kill -USR1
+//! <runner pid>` does the same by hand.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use hangcheck_runtime::protocol::Snapshot;
+use nix::sys::signal::Signal;
 
 use crate::cli::LocateArgs;
 use crate::link::AgentLink;
@@ -36,9 +40,58 @@ pub fn announce_runner(run_dir: &RunDir) -> Option<RunnerMarker> {
 }
 
 static TAKEN: AtomicU64 = AtomicU64::new(0);
+static SNAPSHOTS: AtomicU64 = AtomicU64::new(0);
+
+/// What a second terminal can ask a run for.
+#[derive(Clone, Copy)]
+pub enum Request {
+    /// Every thread's stack (SIGUSR1).
+    Stacks,
+    /// A snapshot with deltas (SIGUSR2).
+    Snapshot,
+}
+
+impl Request {
+    fn signal(self) -> Signal {
+        match self {
+            Request::Stacks => Signal::SIGUSR1,
+            Request::Snapshot => Signal::SIGUSR2,
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Request::Stacks => "stacks-",
+            Request::Snapshot => "snapshot-",
+        }
+    }
+}
+
+/// Takes a snapshot now, prints what changed since `previous` (which it replaces), and
+/// writes the same text to `ondemand/snapshot-<n>.txt`.
+pub fn serve_snapshot(link: &mut AgentLink, previous: &mut Snapshot, run_dir: &RunDir) -> Option<PathBuf> {
+    let snapshot = match link.snapshot(crate::analysis::SNAPSHOT_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => {
+            terminal::warn(format!("no snapshot: {e}"));
+            return None;
+        }
+    };
+    let n = SNAPSHOTS.fetch_add(1, Ordering::Relaxed) + 1;
+    let text = crate::report::delta::render(n, previous, &snapshot);
+    print!("{text}");
+    *previous = snapshot;
+    match run_dir.write_durable(format!("ondemand/snapshot-{n}.txt"), text.as_bytes()) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            terminal::warn(format!("cannot write the snapshot: {e}"));
+            None
+        }
+    }
+}
 
 /// Fetches the server's stacks now and writes them to `ondemand/stacks-<n>.txt`.
-pub fn serve(link: &mut AgentLink, pid: u32, run_dir: &RunDir) -> Option<PathBuf> {
+pub fn serve_stacks(link: &mut AgentLink, pid: u32, run_dir: &RunDir) -> Option<PathBuf> {
     let n = TAKEN.fetch_add(1, Ordering::Relaxed) + 1;
     let fetched = stacks::fetch(link, pid, run_dir);
     match run_dir.write_durable(format!("ondemand/stacks-{n}.txt"), fetched.text.as_bytes()) {
@@ -53,9 +106,9 @@ pub fn serve(link: &mut AgentLink, pid: u32, run_dir: &RunDir) -> Option<PathBuf
     }
 }
 
-/// `cargo hangcheck stacks`: asks the run in progress for the server's stacks and
-/// prints them. Returns the exit code.
-pub fn command(args: &LocateArgs) -> i32 {
+/// `cargo hangcheck stacks` / `snapshot`: asks the run in progress and prints the answer.
+/// Returns the exit code.
+pub fn command(args: &LocateArgs, request: Request) -> i32 {
     let runs = match crate::config::hangcheck_dir(args.manifest_path.as_deref(), args.target_dir.as_deref()) {
         Ok(dir) => dir.join("runs"),
         Err(e) => {
@@ -71,20 +124,20 @@ pub fn command(args: &LocateArgs) -> i32 {
         return crate::exit::SETUP;
     };
     let ondemand = run_dir.join("ondemand");
-    let before = files(&ondemand);
-    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGUSR1) {
+    let before = files(&ondemand, request.prefix());
+    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), request.signal()) {
         terminal::error(format!("cannot signal the runner (pid {pid}): {e}"), &[]);
         return crate::exit::SETUP;
     }
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Some(new) = files(&ondemand).into_iter().find(|f| !before.contains(f)) {
-            terminal::status("Stacks", format!("written to {}", new.display()));
+        if let Some(new) = files(&ondemand, request.prefix()).into_iter().find(|f| !before.contains(f)) {
+            terminal::status("Written", new.display());
             print!("{}", std::fs::read_to_string(&new).unwrap_or_default());
             return crate::exit::OK;
         }
         if Instant::now() >= deadline {
-            terminal::error(format!("the runner (pid {pid}) wrote no stacks within {WAIT:?}"), &[]);
+            terminal::error(format!("the runner (pid {pid}) wrote no answer within {WAIT:?}"), &[]);
             return crate::exit::SETUP;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -96,6 +149,7 @@ fn live_run(runs: &Path) -> Option<(PathBuf, u32)> {
     let mut candidates: Vec<(std::time::SystemTime, PathBuf, u32)> = std::fs::read_dir(runs)
         .ok()?
         .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| {
             let marker = e.path().join("runner.json");
             let text = std::fs::read_to_string(&marker).ok()?;
@@ -109,12 +163,12 @@ fn live_run(runs: &Path) -> Option<(PathBuf, u32)> {
     candidates.pop().map(|(_, dir, pid)| (dir, pid))
 }
 
-fn files(dir: &Path) -> Vec<PathBuf> {
+fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
                 .map(|e| e.path())
-                .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
                 .collect()
         })
         .unwrap_or_default()

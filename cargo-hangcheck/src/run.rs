@@ -15,13 +15,12 @@ use std::time::Duration;
 
 use hangcheck_runtime::protocol::{Snapshot, Stall};
 
-use crate::analysis::{self, Epochs, Leak, SNAPSHOT_TIMEOUT};
+use crate::analysis::{self, ConcurrentOps, Epochs, Leak, SNAPSHOT_TIMEOUT};
 use crate::build::{self, Built};
 use crate::cli::TestArgs;
 use crate::config::Config;
 use crate::errors::SetupError;
 use crate::exit;
-use crate::link::AgentLink;
 use crate::ondemand;
 use crate::report::{self, terminal, Report, ShutdownEntry, StallEntry, Survivor, TestRecord, Verdict};
 use crate::rundir::{Evidence, RunDir};
@@ -93,6 +92,7 @@ struct Run {
     tests: Vec<TestRecord>,
     stalls: Vec<StallEntry>,
     leaks: Vec<Leak>,
+    concurrent: Vec<ConcurrentOps>,
     shutdown: ShutdownEntry,
     protocol_errors: Vec<String>,
 }
@@ -111,6 +111,7 @@ impl Run {
             tests: Vec::new(),
             stalls: Vec::new(),
             leaks: Vec::new(),
+            concurrent: Vec::new(),
             shutdown: ShutdownEntry::not_reached(),
             protocol_errors: Vec::new(),
         }
@@ -161,7 +162,10 @@ impl Run {
         self.take_events(None);
         self.record_snapshot("final", Some(after), &last)?;
         let names: Vec<String> = self.tests.iter().map(|t| t.case.id()).collect();
-        self.leaks = analysis::leaks(&baseline, &last, &Epochs { names: &names }, &self.config);
+        let history: Vec<Option<&Snapshot>> = self.tests.iter().map(|t| t.snapshot.as_ref()).collect();
+        let epochs = Epochs { names: &names };
+        self.leaks = analysis::leaks(&baseline, &last, &history, &epochs, &self.config);
+        self.concurrent = analysis::concurrent_ops(&last, &epochs);
         self.last = Some(last);
         Ok(())
     }
@@ -176,11 +180,14 @@ impl Run {
         })?;
         let mut env = server.test_env();
         env.push(("HANGCHECK_SERVER_PID".to_owned(), server.child.pid().to_string()));
-        let mut probe = ServerProbe { server, run_dir: &self.run_dir, signals: &self.signals, stacks_source: None };
+        let last_asked = self.last.clone().unwrap_or_default();
+        let mut probe =
+            ServerProbe { server, run_dir: &self.run_dir, signals: &self.signals, stacks_source: None, last_asked };
         let run = suite::run(case, &self.config, &env, &self.run_dir, &self.signals, &mut probe);
         let stacks_source = probe.stacks_source;
         self.take_events(Some(&id));
-        let mut record = TestRecord { case: case.clone(), epoch, run, snapshot: None, stacks_source };
+        let mut record =
+            TestRecord { case: case.clone(), epoch, run, snapshot: None, stacks_source, lingering: Vec::new() };
         let outcome = self.after_test(&mut record);
         self.take_events(Some(&id));
         terminal::test_line(&record, self.last.as_ref());
@@ -206,6 +213,7 @@ impl Run {
         let previous = self.last.clone().unwrap_or_default();
         let snapshot = self.settle(&previous, &id)?;
         self.record_snapshot(&id, Some(record.epoch), &snapshot)?;
+        record.lingering = analysis::lingering(&snapshot, record.epoch);
         record.snapshot = Some(snapshot);
         Ok(())
     }
@@ -286,7 +294,7 @@ impl Run {
             // A run that ended because something hung reports the hang.
             Some(_) if hang => Verdict::Hang,
             Some(_) => Verdict::SetupError,
-            None => report::verdict(&self.tests, &self.leaks, hang, false),
+            None => report::verdict(&self.tests, &self.leaks, &self.concurrent, hang, false),
         };
         if let Some(e) = &error {
             setup_failed(e);
@@ -295,6 +303,8 @@ impl Run {
         if let (Some(baseline), None) = (&self.baseline, &error) {
             terminal::table(baseline, &self.tests);
             terminal::leaks(&self.leaks, self.built.tokio_unstable);
+            terminal::operations(&self.concurrent, &self.tests, self.last.as_ref());
+            terminal::counters(baseline, &self.tests);
         }
         terminal::stall_summary(&self.stalls);
         let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
@@ -317,7 +327,7 @@ impl Run {
         let run_dir = &self.run_dir;
         let mut taken = None;
         let stop = server.stop(grace, |link, pid| {
-            let (evidence, source, snapshot) = hang_evidence(link, pid, run_dir, "shutdown");
+            let (evidence, source, snapshot) = stacks::evidence(link, pid, run_dir, "shutdown");
             taken = Some((evidence.files.clone(), source, snapshot));
             evidence
         });
@@ -367,6 +377,9 @@ impl Run {
             baseline: self.baseline.clone(),
             final_snapshot: self.last.clone(),
             leaks: self.leaks.clone(),
+            concurrent_ops: self.concurrent.clone(),
+            slow_ops: self.last.as_ref().map(report::slow_ops).unwrap_or_default(),
+            counters: self.baseline.as_ref().map(|b| report::counters(b, &self.tests)).unwrap_or_default(),
             stalls: self.stalls.clone(),
             shutdown: self.shutdown.clone(),
             protocol_errors: self.protocol_errors.clone(),
@@ -381,18 +394,23 @@ struct ServerProbe<'a> {
     run_dir: &'a RunDir,
     signals: &'a Signals,
     stacks_source: Option<&'static str>,
+    /// The snapshot an on-demand snapshot's deltas are taken against.
+    last_asked: Snapshot,
 }
 
 impl Probe for ServerProbe<'_> {
     fn tick(&mut self) {
         if self.signals.take_stacks_request() {
-            ondemand::serve(&mut self.server.link, self.server.child.pid(), self.run_dir);
+            ondemand::serve_stacks(&mut self.server.link, self.server.child.pid(), self.run_dir);
+        }
+        if self.signals.take_snapshot_request() {
+            ondemand::serve_snapshot(&mut self.server.link, &mut self.last_asked, self.run_dir);
         }
     }
 
     fn hung(&mut self, case: &TestCase) -> Evidence {
         terminal::status("Hung", format!("{}: taking the server's stacks before stopping the test", case.id()));
-        let (evidence, source, _) = hang_evidence(
+        let (evidence, source, _) = stacks::evidence(
             &mut self.server.link,
             self.server.child.pid(),
             self.run_dir,
@@ -401,28 +419,6 @@ impl Probe for ServerProbe<'_> {
         self.stacks_source = Some(source);
         evidence
     }
-}
-
-/// What the runner writes about a hung server before anything is signalled: its stacks
-/// (agent, or gdb from outside) and a snapshot (which groups are alive, and how old), as
-/// `<prefix>.stacks.txt` and `<prefix>.snapshot.json`, each fsynced.
-fn hang_evidence(
-    link: &mut AgentLink,
-    pid: u32,
-    run_dir: &RunDir,
-    prefix: &str,
-) -> (Evidence, &'static str, Option<Snapshot>) {
-    let fetched = stacks::fetch(link, pid, run_dir);
-    let snapshot = link.snapshot(SNAPSHOT_TIMEOUT);
-    let snapshot_body = match &snapshot {
-        Ok(s) => serde_json::to_vec_pretty(s).unwrap_or_default(),
-        Err(e) => serde_json::to_vec(&serde_json::json!({ "error": format!("no snapshot: {e}") })).unwrap_or_default(),
-    };
-    let evidence = run_dir.write_all_evidence(&[
-        (format!("{prefix}.stacks.txt"), fetched.text.into_bytes()),
-        (format!("{prefix}.snapshot.json"), snapshot_body),
-    ]);
-    (evidence, fetched.source, snapshot.ok())
 }
 
 fn stall_entry(stall: &Stall, file: Option<PathBuf>, names: &[String]) -> StallEntry {

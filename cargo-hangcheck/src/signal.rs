@@ -5,6 +5,7 @@
 //!   started, in order, evidence first.
 //! - SIGUSR1: write the server's stacks now, without stopping anything
 //!   (`cargo hangcheck stacks` sends it).
+//! - SIGUSR2: write a snapshot with deltas now (`cargo hangcheck snapshot`).
 //!
 //! signal-hook sets the flags from the handler; no other code runs there.
 
@@ -16,19 +17,21 @@ use std::sync::Arc;
 pub struct Signals {
     interrupted: Arc<AtomicBool>,
     stacks_requested: Arc<AtomicBool>,
+    snapshot_requested: Arc<AtomicBool>,
 }
 
 impl Signals {
     /// Registers the handlers. If that fails the run goes on; only that signal's handling
     /// is lost.
     pub fn install() -> Signals {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
         let signals = Signals::default();
         let flags = [
             (SIGINT, &signals.interrupted),
             (SIGTERM, &signals.interrupted),
             (SIGHUP, &signals.interrupted),
             (SIGUSR1, &signals.stacks_requested),
+            (SIGUSR2, &signals.snapshot_requested),
         ];
         for (sig, flag) in flags {
             if let Err(e) = signal_hook::flag::register(sig, Arc::clone(flag)) {
@@ -46,5 +49,10 @@ impl Signals {
     /// Whether stacks were asked for since the last call (and clears the request).
     pub fn take_stacks_request(&self) -> bool {
         self.stacks_requested.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether a snapshot was asked for since the last call (and clears the request).
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_requested.swap(false, Ordering::Relaxed)
     }
 }

@@ -9,9 +9,12 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hangcheck_runtime::protocol::Snapshot;
+
+use crate::analysis::SNAPSHOT_TIMEOUT;
 use crate::link::AgentLink;
 use crate::process::{GroupChild, Wait};
-use crate::rundir::RunDir;
+use crate::rundir::{Evidence, RunDir};
 use crate::signal::Signals;
 
 /// How long the agent gets to answer a stacks request.
@@ -76,6 +79,29 @@ fn gdb(pid: u32, run_dir: &RunDir) -> Result<String, String> {
         Wait::Exited(status) => Err(format!("gdb exited with {}: {}", crate::process::describe(status), text.trim())),
         Wait::TimedOut | Wait::Interrupted => Err(format!("gdb did not finish within {GDB_TIMEOUT:?}")),
     }
+}
+
+/// What the runner writes about a hung server before anything is signalled: its stacks
+/// (agent, or gdb from outside) and a snapshot (which groups are alive, and how old), as
+/// `<prefix>.stacks.txt` and `<prefix>.snapshot.json`, each fsynced. Returns the proof,
+/// where the stacks came from, and the snapshot if the agent answered.
+pub fn evidence(
+    link: &mut AgentLink,
+    pid: u32,
+    run_dir: &RunDir,
+    prefix: &str,
+) -> (Evidence, &'static str, Option<Snapshot>) {
+    let fetched = fetch(link, pid, run_dir);
+    let snapshot = if fetched.source == "agent" { link.snapshot(SNAPSHOT_TIMEOUT).ok() } else { None };
+    let snapshot_body = match &snapshot {
+        Some(s) => serde_json::to_vec_pretty(s).unwrap_or_default(),
+        None => br#"{"error": "no snapshot: the agent did not answer"}"#.to_vec(),
+    };
+    let evidence = run_dir.write_all_evidence(&[
+        (format!("{prefix}.stacks.txt"), fetched.text.into_bytes()),
+        (format!("{prefix}.snapshot.json"), snapshot_body),
+    ]);
+    (evidence, fetched.source, snapshot)
 }
 
 /// The kernel's state letter for a process (`T` when stopped), `?` if it is gone.

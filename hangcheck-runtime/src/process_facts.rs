@@ -1,4 +1,5 @@
-//! Process facts from `/proc/self`: RSS, threads, CPU time and open descriptors by kind.
+//! Process facts from `/proc/self`: RSS, threads (hangcheck's own left out), CPU time and
+//! open descriptors by kind.
 //! File descriptors and threads leak like tasks do, and the kernel's count is the truth.
 //! Read on the agent thread only; on a platform without `/proc` every field stays zero.
 
@@ -12,16 +13,25 @@ pub(crate) fn read() -> ProcessFacts {
         for line in status.lines() {
             if let Some(v) = line.strip_prefix("VmRSS:") {
                 facts.rss_bytes = first_number(v) * 1024;
-            } else if let Some(v) = line.strip_prefix("Threads:") {
-                facts.threads = first_number(v);
             }
         }
     }
     if let Ok(stat) = fs::read_to_string("/proc/self/stat") {
         facts.cpu_ms = cpu_ms(&stat, clock_ticks_per_second());
     }
+    facts.threads = server_threads();
     facts.fds = fd_counts();
     facts
+}
+
+/// Threads of the server, leaving out hangcheck's own (`hangcheck-*`; a thread started
+/// from the agent inherits its name), so that hangcheck does not count itself.
+fn server_threads() -> u64 {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .flatten()
+        .filter(|t| !fs::read_to_string(t.path().join("comm")).is_ok_and(|name| name.starts_with("hangcheck-")))
+        .count() as u64
 }
 
 fn first_number(s: &str) -> u64 {

@@ -287,7 +287,7 @@ pub struct RuntimeStats {
 pub struct ProcessFacts {
     /// Resident set size in bytes.
     pub rss_bytes: u64,
-    /// Threads in the process.
+    /// Threads of the server (hangcheck's own threads left out).
     pub threads: u64,
     /// User plus system CPU time, in milliseconds.
     pub cpu_ms: u64,

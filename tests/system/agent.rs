@@ -85,7 +85,7 @@ fn with_the_runner_the_agent_answers_and_survives_bad_requests() {
             AgentMessage::Error { .. } => errors += 1,
             AgentMessage::Snapshot { id, snapshot } => {
                 assert_eq!(id, 42);
-                assert!(snapshot.process.threads >= 4, "{:?}", snapshot.process);
+                assert!(snapshot.process.threads >= 3, "main and two workers: {:?}", snapshot.process);
                 assert!(snapshot.runtime.is_some(), "the runtime's metrics are reported");
                 break;
             }

@@ -7,4 +7,5 @@ mod bad_input;
 mod every_task;
 mod hangs;
 mod leaks;
+mod lifecycle;
 mod util;

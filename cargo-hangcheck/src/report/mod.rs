@@ -4,6 +4,7 @@
 //! The run keeps its own internal records; this module turns them into the serialized
 //! form, which only grows compatibly within a `format_version`.
 
+pub mod delta;
 pub mod junit;
 pub mod terminal;
 
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 use hangcheck_runtime::protocol::{Frame, Snapshot, StalledTask};
 use serde::Serialize;
 
-use crate::analysis::Leak;
+use crate::analysis::{ConcurrentOps, Leak, Lingering};
 use crate::exit;
 use crate::suite::{Outcome, TestCase, TestRun};
 
@@ -33,6 +34,8 @@ pub struct TestRecord {
     pub snapshot: Option<Snapshot>,
     /// Where the stacks in its evidence came from, when it hung.
     pub stacks_source: Option<&'static str>,
+    /// Operations it began that were still in flight after it ended and settled.
+    pub lingering: Vec<Lingering>,
 }
 
 /// How the run ended overall; decides the exit code.
@@ -43,7 +46,8 @@ pub enum Verdict {
     Ok,
     /// A test failed.
     TestsFailed,
-    /// A group leaked.
+    /// Something leaked (tasks, operations, fds, threads), or operations of one key
+    /// overlapped.
     Leaks,
     /// A test or the shutdown hung.
     Hang,
@@ -95,8 +99,14 @@ pub struct Report {
     /// The settled snapshot after the last test.
     #[serde(rename = "final")]
     pub final_snapshot: Option<Snapshot>,
-    /// Groups that leaked.
+    /// Task groups, operations, fds or threads that grew beyond the policy.
     pub leaks: Vec<Leak>,
+    /// Operations of one key that were in flight at the same time.
+    pub concurrent_ops: Vec<ConcurrentOps>,
+    /// Operations that outlived their `warn_after` budget, by kind.
+    pub slow_ops: Vec<SlowOps>,
+    /// Every counter's total and per-test deltas, as data.
+    pub counters: Vec<CounterEntry>,
     /// Workers caught stuck inside one poll.
     pub stalls: Vec<StallEntry>,
     /// How the server's shutdown went.
@@ -147,6 +157,72 @@ pub struct TestEntry {
     pub stacks_source: Option<&'static str>,
     /// Live tasks per group after it, settled.
     pub live: BTreeMap<String, u64>,
+    /// Operations it began still in flight after it ended and settled.
+    pub ops_in_flight_after: Vec<Lingering>,
+}
+
+/// Operations of one kind that outlived their budget.
+#[derive(Debug, Serialize, Clone)]
+pub struct SlowOps {
+    /// The kind.
+    pub kind: String,
+    /// Still in flight and past their budget at the end.
+    pub in_flight: u64,
+    /// Finished after their budget had passed.
+    pub finished: u64,
+    /// The oldest in flight, in milliseconds.
+    pub oldest_age_ms: Option<u64>,
+}
+
+/// The slow operations of a snapshot.
+pub fn slow_ops(last: &Snapshot) -> Vec<SlowOps> {
+    last.ops
+        .iter()
+        .filter(|o| o.slow_in_flight + o.slow_finished > 0)
+        .map(|o| SlowOps {
+            kind: o.kind.clone(),
+            in_flight: o.slow_in_flight,
+            finished: o.slow_finished,
+            oldest_age_ms: o.oldest_age_ms,
+        })
+        .collect()
+}
+
+/// A counter over the run: the data to compare, e.g. disconnects against deletes.
+#[derive(Debug, Serialize, Clone)]
+pub struct CounterEntry {
+    /// The counter.
+    pub name: String,
+    /// Its value at the end of the last test.
+    pub total: u64,
+    /// Its rise during each test, in run order (null where no snapshot was taken).
+    pub per_test: Vec<Option<u64>>,
+}
+
+/// Every counter's total and per-test rises.
+pub fn counters(baseline: &Snapshot, tests: &[TestRecord]) -> Vec<CounterEntry> {
+    let names: std::collections::BTreeSet<&String> = std::iter::once(baseline)
+        .chain(tests.iter().filter_map(|t| t.snapshot.as_ref()))
+        .flat_map(|s| s.counters.keys())
+        .collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let mut previous = baseline.counters.get(name).copied().unwrap_or(0);
+            let per_test = tests
+                .iter()
+                .map(|t| {
+                    t.snapshot.as_ref().map(|s| {
+                        let now = s.counters.get(name).copied().unwrap_or(0);
+                        let rise = now.saturating_sub(previous);
+                        previous = now;
+                        rise
+                    })
+                })
+                .collect();
+            CounterEntry { name: name.clone(), total: previous, per_test }
+        })
+        .collect()
 }
 
 /// How the server stopped.
@@ -256,6 +332,7 @@ impl TestEntry {
             log: r.run.log.clone(),
             evidence: r.run.evidence.clone(),
             stacks_source: r.stacks_source,
+            ops_in_flight_after: r.lingering.clone(),
             live: r.snapshot.iter().flat_map(|s| s.groups.iter().map(|g| (g.key.clone(), g.live))).collect(),
         }
     }
@@ -263,7 +340,13 @@ impl TestEntry {
 
 /// The overall verdict: the most severe finding wins.
 /// `hang` is any hang outside the tests' own outcomes: a stall or a shutdown hang.
-pub fn verdict(tests: &[TestRecord], leaks: &[Leak], hang: bool, interrupted: bool) -> Verdict {
+pub fn verdict(
+    tests: &[TestRecord],
+    leaks: &[Leak],
+    concurrent: &[ConcurrentOps],
+    hang: bool,
+    interrupted: bool,
+) -> Verdict {
     if interrupted {
         return Verdict::Interrupted;
     }
@@ -273,7 +356,7 @@ pub fn verdict(tests: &[TestRecord], leaks: &[Leak], hang: bool, interrupted: bo
     if tests.iter().any(|t| !matches!(t.run.outcome, Outcome::Passed)) {
         return Verdict::TestsFailed;
     }
-    if !leaks.is_empty() {
+    if !leaks.is_empty() || !concurrent.is_empty() {
         return Verdict::Leaks;
     }
     Verdict::Ok

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anstream::{eprintln, println};
 use anstyle::{AnsiColor, Style};
-use hangcheck_runtime::protocol::{GroupKind, Snapshot};
+use hangcheck_runtime::protocol::Snapshot;
 
 use super::{outcome_name, Report, ShutdownEntry, StallEntry, TestRecord};
-use crate::analysis::Leak;
+use crate::analysis::{ConcurrentOps, Leak, MeasureKind};
 use crate::suite::Outcome;
 
 const GREEN: Style = AnsiColor::Green.on_default().bold();
@@ -56,6 +56,9 @@ pub fn test_line(record: &TestRecord, previous: Option<&Snapshot>) {
                 grew.push_str(&format!("  {} +{}", g.key, g.live - old));
             }
         }
+    }
+    for l in &record.lingering {
+        grew.push_str(&format!("  {} op:{} still in flight", l.count, l.kind));
     }
     println!(
         "{style}{word:>12}{style:#} [{:>8}] {}{YELLOW}{grew}{YELLOW:#}",
@@ -107,6 +110,30 @@ pub fn table(baseline: &Snapshot, tests: &[TestRecord]) {
         let key = *key;
         columns.push(Column { title, values: rows.iter().map(|s| s.map(|s| live(s, key) as i128)).collect() });
     }
+    let op_kinds: BTreeSet<&str> = rows.iter().flatten().flat_map(|s| s.ops.iter().map(|o| o.kind.as_str())).collect();
+    for kind in op_kinds {
+        columns.push(Column {
+            title: format!("op:{kind}"),
+            values: rows
+                .iter()
+                .map(|s| s.map(|s| s.ops.iter().find(|o| o.kind == kind).map_or(0, |o| o.in_flight) as i128))
+                .collect(),
+        });
+    }
+    type Fact = fn(&Snapshot) -> u64;
+    let facts: [(&str, Fact); 5] = [
+        ("fd:socket", |s| s.process.fds.socket),
+        ("fd:file", |s| s.process.fds.file),
+        ("fd:pipe", |s| s.process.fds.pipe),
+        ("fd:other", |s| s.process.fds.other),
+        ("threads", |s| s.process.threads),
+    ];
+    for (title, read) in facts {
+        columns.push(Column {
+            title: title.to_owned(),
+            values: rows.iter().map(|s| s.map(|s| read(s) as i128)).collect(),
+        });
+    }
     let counter_keys: BTreeSet<&str> =
         rows.iter().flatten().flat_map(|s| s.counters.keys().map(String::as_str)).collect();
     for key in counter_keys {
@@ -129,10 +156,11 @@ pub fn table(baseline: &Snapshot, tests: &[TestRecord]) {
 
     println!();
     println!(
-        "{BOLD}Accumulation{BOLD:#} {DIM}(live tasks per group after each test, settled; # counters, ~ gauges){DIM:#}"
+        "{BOLD}Accumulation{BOLD:#} {DIM}(after each test, settled: live tasks per group; op: operations in flight; \
+         fd: open descriptors; threads; # counters; ~ gauges){DIM:#}"
     );
     if columns.is_empty() {
-        println!("  nothing moved: no task group, counter or gauge changed across the run");
+        println!("  nothing moved: no task group, operation, descriptor, thread, counter or gauge changed");
         return;
     }
     let names: Vec<String> =
@@ -285,13 +313,17 @@ pub fn leaks(leaks: &[Leak], tokio_unstable: bool) {
         return;
     }
     for leak in leaks {
-        match (leak.kind, leak.location.as_deref()) {
-            (GroupKind::Location, _) => println!("{RED}LEAK{RED:#} tasks spawned at {BOLD}{}{BOLD:#}", leak.group),
-            (GroupKind::Named, Some(l)) => {
-                println!("{RED}LEAK{RED:#} task group {BOLD}`{}`{BOLD:#}, spawned at {l}", leak.group)
+        let what = match (leak.kind, leak.location.as_deref()) {
+            (MeasureKind::Location, _) => format!("tasks spawned at {BOLD}{}{BOLD:#}", leak.group),
+            (MeasureKind::Named, Some(l)) => format!("task group {BOLD}`{}`{BOLD:#}, spawned at {l}", leak.group),
+            (MeasureKind::Named, None) => format!("task group {BOLD}`{}`{BOLD:#}", leak.group),
+            (MeasureKind::Operation, _) => {
+                format!("operations {BOLD}`{}`{BOLD:#} still in flight", leak.group.trim_start_matches("op:"))
             }
-            (GroupKind::Named, None) => println!("{RED}LEAK{RED:#} task group {BOLD}`{}`{BOLD:#}", leak.group),
-        }
+            (MeasureKind::Fd, _) => format!("open file descriptors {BOLD}{}{BOLD:#}", leak.group),
+            (MeasureKind::Threads, _) => format!("{BOLD}threads{BOLD:#}"),
+        };
+        println!("{RED}LEAK{RED:#} {what}");
         let age =
             leak.oldest_age_ms.map(|ms| format!(", oldest {}", seconds(Duration::from_millis(ms)))).unwrap_or_default();
         println!(
@@ -300,6 +332,50 @@ pub fn leaks(leaks: &[Leak], tokio_unstable: bool) {
         );
         let by: Vec<String> = leak.leaked_by.iter().map(|b| format!("{} ({})", b.test, b.count)).collect();
         println!("     leaked by: {}", by.join(", "));
+    }
+}
+
+/// Overlapping operations, slow operations.
+pub fn operations(concurrent: &[ConcurrentOps], tests: &[TestRecord], last: Option<&Snapshot>) {
+    for c in concurrent {
+        println!(
+            "{RED}CONCURRENT{RED:#} {} operations `{}` in flight at once for key {}, started in {}",
+            c.max_in_flight,
+            c.kind,
+            c.key,
+            c.tests.join(", ")
+        );
+    }
+    let lingering: Vec<String> = tests
+        .iter()
+        .flat_map(|t| t.lingering.iter().map(move |l| format!("{} ({} {})", t.case.id(), l.count, l.kind)))
+        .collect();
+    if !lingering.is_empty() {
+        println!("{YELLOW}In flight after their test ended{YELLOW:#}: {}", lingering.join(", "));
+    }
+    for o in last.map(super::slow_ops).unwrap_or_default() {
+        let age =
+            o.oldest_age_ms.map(|ms| format!(", oldest {}", seconds(Duration::from_millis(ms)))).unwrap_or_default();
+        println!(
+            "{YELLOW}SLOW{YELLOW:#} operations `{}` past their budget: {} in flight, {} finished late{age}",
+            o.kind, o.in_flight, o.finished
+        );
+    }
+}
+
+/// Counters side by side with their per-test rises, as data: no rule is applied, so a
+/// reader compares, say, disconnects with deletes.
+pub fn counters(baseline: &Snapshot, tests: &[TestRecord]) {
+    let entries = super::counters(baseline, tests);
+    if entries.is_empty() {
+        return;
+    }
+    println!();
+    println!("{BOLD}Counters{BOLD:#} {DIM}(total, then the rise in each test){DIM:#}");
+    let width = entries.iter().map(|e| e.name.len()).max().unwrap_or(0);
+    for e in entries {
+        let rises: Vec<String> = e.per_test.iter().map(|r| r.map_or("?".to_owned(), |r| format!("+{r}"))).collect();
+        println!("  {:<width$}  {:>6}  {DIM}{}{DIM:#}", e.name, e.total, rises.join(" "));
     }
 }
 

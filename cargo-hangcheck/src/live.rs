@@ -1,0 +1,129 @@
+//! `cargo hangcheck run`: the server under the agent with no tests, for a developer who
+//! drives it by hand (a browser, curl, a Playwright script) and wants to watch what
+//! accumulates.
+//!
+//! Each Enter on the terminal (or `cargo hangcheck snapshot` from another one) prints a
+//! snapshot with the deltas since the previous one and the time between them; stalls are
+//! printed as they happen; `cargo hangcheck stacks` works as during a test run. Ctrl-C
+//! stops the server the same way a test run does: SIGTERM, the grace period, and evidence
+//! on disk before a SIGKILL.
+
+use std::io::BufRead;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::analysis::SNAPSHOT_TIMEOUT;
+use crate::build;
+use crate::cli::ServerArgs;
+use crate::config::Config;
+use crate::errors::SetupError;
+use crate::exit;
+use crate::ondemand;
+use crate::report::terminal;
+use crate::rundir::RunDir;
+use crate::server::{Server, Stop};
+use crate::signal::Signals;
+
+/// How often the loop looks at the terminal, the signals and the server.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Runs `cargo hangcheck run` and returns the exit code.
+pub fn run(args: &ServerArgs) -> i32 {
+    let signals = Signals::install();
+    match live(args, &signals) {
+        Ok(code) => code,
+        Err(e) => {
+            let detail = match &e {
+                SetupError::Server { log: Some(log), .. } => crate::rundir::tail(log, 15),
+                _ => Vec::new(),
+            };
+            terminal::error(&e, &detail);
+            if matches!(e, SetupError::Interrupted) {
+                exit::INTERRUPTED
+            } else {
+                exit::SETUP
+            }
+        }
+    }
+}
+
+fn live(args: &ServerArgs, signals: &Signals) -> Result<i32, SetupError> {
+    let mut config = Config::resolve_live(args)?;
+    config.test_targets.clear();
+    terminal::status("Building", format!("{} (server `{}`)", config.package, config.server_bin));
+    let built = build::build(&config)?;
+    let run_dir = RunDir::create(&config.hangcheck_dir.join("runs"))
+        .map_err(SetupError::io("cannot create the run directory"))?;
+    let _marker = ondemand::announce_runner(&run_dir);
+    let mut server = Server::start(&config, &built, &run_dir, signals)?;
+    terminal::status("Ready", format!("pid {}, run directory {}", server.child.pid(), run_dir.path().display()));
+    for (name, value) in server.test_env() {
+        println!("{name}={value}");
+    }
+    let mut previous = server.link.snapshot(SNAPSHOT_TIMEOUT).map_err(|e| SetupError::Server {
+        cause: format!("the agent did not answer the first snapshot: {e}"),
+        log: Some(server.log.clone()),
+    })?;
+    terminal::status(
+        "Watching",
+        "press Enter for a snapshot with the deltas since the last one (or run `cargo hangcheck snapshot` \
+         elsewhere); `cargo hangcheck stacks` for stacks; Ctrl-C to stop",
+    );
+
+    let enter = stdin_lines();
+    let mut code = exit::OK;
+    loop {
+        if signals.interrupted() {
+            break;
+        }
+        if let Some(status) = server.exit_status() {
+            terminal::error(format!("the server exited with {}", crate::process::describe(status)), &[]);
+            code = exit::SETUP;
+            break;
+        }
+        let asked = match enter.recv_timeout(TICK) {
+            Ok(()) => true,
+            Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => false,
+        };
+        if asked || signals.take_snapshot_request() {
+            ondemand::serve_snapshot(&mut server.link, &mut previous, &run_dir);
+        }
+        if signals.take_stacks_request() {
+            ondemand::serve_stacks(&mut server.link, server.child.pid(), &run_dir);
+        }
+        for (stall, file) in server.take_events().stalls {
+            terminal::warn(format!(
+                "stall: worker {} stuck in one poll for {} ms; stack in {}",
+                stall.tid,
+                stall.stuck_ms,
+                file.map_or("(not written)".to_owned(), |f| f.display().to_string())
+            ));
+        }
+    }
+
+    terminal::status("Stopping", "the server (SIGTERM)");
+    let stop =
+        server.stop(config.shutdown_grace, |link, pid| crate::stacks::evidence(link, pid, &run_dir, "shutdown").0);
+    if stop == Stop::Hung {
+        terminal::error(
+            "shutdown hang: the server did not exit within the grace period; its stacks are in shutdown.stacks.txt",
+            &[],
+        );
+        code = exit::HANG;
+    }
+    Ok(code)
+}
+
+/// A line from the terminal, read on its own thread so that the loop never blocks on it.
+/// At end of input the thread ends and no more snapshots come from Enter.
+fn stdin_lines() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel();
+    let _ = std::thread::Builder::new().name("stdin".into()).spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if line.is_err() || tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
