@@ -46,6 +46,12 @@ pub enum Command {
 /// Where to look for a run in progress.
 #[derive(Args, Debug, Default, Clone)]
 pub struct LocateArgs {
+    /// The run of this package (when several are in progress).
+    #[arg(short = 'p', long = "package", value_name = "SPEC")]
+    pub package: Option<String>,
+    /// The run whose runner has this pid (when several are in progress).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
     /// Path to Cargo.toml.
     #[arg(long, value_name = "PATH")]
     pub manifest_path: Option<PathBuf>,

@@ -34,8 +34,8 @@ impl Drop for RunnerMarker {
 }
 
 /// Tells `cargo hangcheck stacks` where this run is.
-pub fn announce_runner(run_dir: &RunDir) -> Option<RunnerMarker> {
-    let body = serde_json::json!({ "pid": std::process::id() }).to_string();
+pub fn announce_runner(run_dir: &RunDir, package: &str) -> Option<RunnerMarker> {
+    let body = serde_json::json!({ "pid": std::process::id(), "package": package }).to_string();
     run_dir.write_durable("runner.json", body.as_bytes()).ok().map(RunnerMarker)
 }
 
@@ -116,12 +116,23 @@ pub fn command(args: &LocateArgs, request: Request) -> i32 {
             return crate::exit::SETUP;
         }
     };
-    let Some((run_dir, pid)) = live_run(&runs) else {
-        terminal::error(
-            format!("no `cargo hangcheck` run is in progress under {}", runs.display()),
-            &["start one with `cargo hangcheck test` (or `run`), then ask again from another terminal".into()],
-        );
-        return crate::exit::SETUP;
+    let mut live = live_runs(&runs);
+    live.retain(|r| args.pid.is_none_or(|p| p == r.pid) && args.package.as_ref().is_none_or(|p| *p == r.package));
+    let (run_dir, pid) = match live.as_slice() {
+        [one] => (one.dir.clone(), one.pid),
+        [] => {
+            terminal::error(
+                format!("no `cargo hangcheck` run is in progress under {} (that matches)", runs.display()),
+                &["start one with `cargo hangcheck test` (or `run`), then ask again from another terminal".into()],
+            );
+            return crate::exit::SETUP;
+        }
+        several => {
+            let list: Vec<String> =
+                several.iter().map(|r| format!("pid {} (package {}): {}", r.pid, r.package, r.dir.display())).collect();
+            terminal::error(format!("{} runs are in progress; choose one with --pid or -p", several.len()), &list);
+            return crate::exit::USAGE;
+        }
     };
     let ondemand = run_dir.join("ondemand");
     let before = files(&ondemand, request.prefix());
@@ -144,23 +155,27 @@ pub fn command(args: &LocateArgs, request: Request) -> i32 {
     }
 }
 
-/// The newest run directory whose runner is alive.
-fn live_run(runs: &Path) -> Option<(PathBuf, u32)> {
-    let mut candidates: Vec<(std::time::SystemTime, PathBuf, u32)> = std::fs::read_dir(runs)
-        .ok()?
+/// A run whose runner is alive.
+struct LiveRun {
+    dir: PathBuf,
+    pid: u32,
+    package: String,
+}
+
+/// Every run directory whose runner is alive.
+fn live_runs(runs: &Path) -> Vec<LiveRun> {
+    let Ok(entries) = std::fs::read_dir(runs) else { return Vec::new() };
+    entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| {
-            let marker = e.path().join("runner.json");
-            let text = std::fs::read_to_string(&marker).ok()?;
-            let pid = serde_json::from_str::<serde_json::Value>(&text).ok()?["pid"].as_u64()? as u32;
-            let alive = Path::new(&format!("/proc/{pid}")).exists();
-            let modified = std::fs::metadata(&marker).and_then(|m| m.modified()).ok()?;
-            alive.then(|| (modified, e.path(), pid))
+            let text = std::fs::read_to_string(e.path().join("runner.json")).ok()?;
+            let marker: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let pid = marker["pid"].as_u64()? as u32;
+            let package = marker["package"].as_str().unwrap_or("?").to_owned();
+            Path::new(&format!("/proc/{pid}")).exists().then(|| LiveRun { dir: e.path(), pid, package })
         })
-        .collect();
-    candidates.sort();
-    candidates.pop().map(|(_, dir, pid)| (dir, pid))
+        .collect()
 }
 
 fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {

@@ -48,7 +48,7 @@ pub fn test(args: &TestArgs) -> i32 {
         Ok(d) => d,
         Err(e) => return setup_failed(&SetupError::io("cannot create the run directory")(e)),
     };
-    let marker = ondemand::announce_runner(&run_dir);
+    let marker = ondemand::announce_runner(&run_dir, &config.package);
     let mut run = Run::new(config, built, run_dir, signals);
     let result = run.execute();
     let code = run.finish(result);
@@ -186,8 +186,15 @@ impl Run {
         let run = suite::run(case, &self.config, &env, &self.run_dir, &self.signals, &mut probe);
         let stacks_source = probe.stacks_source;
         self.take_events(Some(&id));
-        let mut record =
-            TestRecord { case: case.clone(), epoch, run, snapshot: None, stacks_source, lingering: Vec::new() };
+        let mut record = TestRecord {
+            case: case.clone(),
+            epoch,
+            run,
+            snapshot: None,
+            stacks_source,
+            lingering: Vec::new(),
+            settle: Duration::ZERO,
+        };
         let outcome = self.after_test(&mut record);
         self.take_events(Some(&id));
         terminal::test_line(&record, self.last.as_ref());
@@ -211,7 +218,9 @@ impl Run {
             return Ok(());
         }
         let previous = self.last.clone().unwrap_or_default();
+        let started = std::time::Instant::now();
         let snapshot = self.settle(&previous, &id)?;
+        record.settle = started.elapsed();
         self.record_snapshot(&id, Some(record.epoch), &snapshot)?;
         record.lingering = analysis::lingering(&snapshot, record.epoch);
         record.snapshot = Some(snapshot);

@@ -325,6 +325,13 @@ mod api {
 pub mod __private {
     pub use tokio;
 
+    /// Takes every thread's stack in this process, with or without symbolising, and
+    /// returns (threads, frames). For the benchmarks in `benches/`.
+    pub fn bench_capture_stacks(symbolise: bool) -> (usize, usize) {
+        let stacks = crate::stacks::all_with(symbolise);
+        (stacks.threads.len(), stacks.threads.iter().map(|t| t.frames.len()).sum())
+    }
+
     /// Called by `#[hangcheck_runtime::main]` once the runtime is built, so that
     /// snapshots carry its metrics from the start.
     pub fn runtime_built(handle: &tokio::runtime::Handle) {

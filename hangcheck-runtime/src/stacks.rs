@@ -204,19 +204,22 @@ fn thread_state(tid: i32) -> String {
     stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?").to_owned()
 }
 
-/// One thread's stack, taken now.
-pub(crate) fn thread(tid: i32, timeout: Duration) -> ThreadStack {
-    thread_at(tid, timeout).0
-}
-
 /// One thread's stack, and when (the watchdog's clock) its raw frames were taken, before
 /// the slower symbolisation.
 pub(crate) fn thread_at(tid: i32, timeout: Duration) -> (ThreadStack, u64) {
+    thread_with(tid, timeout, true)
+}
+
+fn thread_with(tid: i32, timeout: Duration, symbolise: bool) -> (ThreadStack, u64) {
     let name = proc_task(tid, "comm").trim().to_owned();
     let state = thread_state(tid);
     let captured = capture_ips(tid, timeout);
     let taken_at = crate::watchdog::now_ns();
     let stack = match captured {
+        Ok(ips) if !symbolise => {
+            let frames = ips.iter().map(|_| Frame { function: None, file: None, line: None }).collect();
+            ThreadStack { tid: tid as u32, name, state, frames, note: None }
+        }
         Ok(ips) => ThreadStack { tid: tid as u32, name, state, frames: symbolize(&ips), note: None },
         Err(note) => ThreadStack { tid: tid as u32, name, state, frames: Vec::new(), note: Some(note) },
     };
@@ -225,6 +228,12 @@ pub(crate) fn thread_at(tid: i32, timeout: Duration) -> (ThreadStack, u64) {
 
 /// Every thread's stack.
 pub(crate) fn all() -> Stacks {
+    all_with(true)
+}
+
+/// Every thread's stack; without symbolising, only the raw frames are taken (for the
+/// benchmarks, which measure the two apart).
+pub(crate) fn all_with(symbolise: bool) -> Stacks {
     let started = Instant::now();
     let mut tids: Vec<i32> = std::fs::read_dir("/proc/self/task")
         .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
@@ -242,7 +251,7 @@ pub(crate) fn all() -> Stacks {
             });
             continue;
         }
-        threads.push(thread(tid, PER_THREAD));
+        threads.push(thread_with(tid, PER_THREAD, symbolise).0);
     }
     Stacks { source: StackSource::Agent, took_ms: started.elapsed().as_millis() as u64, threads, tasks: None }
 }
@@ -281,7 +290,7 @@ mod tests {
             .spawn(move || parked_in_a_recognisable_function(stop_rx, tid_tx))
             .unwrap();
         let tid = tid_rx.recv().unwrap();
-        let stack = thread(tid, Duration::from_secs(5));
+        let stack = thread_at(tid, Duration::from_secs(5)).0;
         stop_tx.send(()).unwrap();
         handle.join().unwrap();
         assert_eq!(stack.name, "blocked-one");

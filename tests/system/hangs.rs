@@ -147,7 +147,9 @@ fn stacks_on_demand_during_a_run_and_ctrl_c_tears_everything_down() {
     let log = run_dir.unwrap().join("tests/e2e/next_on_a_quiet_topic.log");
     wait_for("the hanging test to start", || log.exists());
 
-    let stacks = crate::util::run_runner(&["hangcheck", "stacks"], &crate::util::workspace_root());
+    // Other runs may be in progress in the same target directory: name this one.
+    let pid_arg = pid.to_string();
+    let stacks = crate::util::run_runner(&["hangcheck", "stacks", "--pid", &pid_arg], &crate::util::workspace_root());
     assert_eq!(stacks.code, 0, "{stacks}");
     assert!(stacks.stdout.contains("source: agent") && stacks.stdout.contains("tokio-rt-worker"), "{stacks}");
 

@@ -109,11 +109,14 @@ fn live_mode_shows_what_accumulates_between_snapshots() {
 
     // From another terminal: the deltas since the previous snapshot, not since the start.
     abandon_watch(&addr, "live-3");
-    let other = crate::util::run_runner(&["hangcheck", "snapshot"], &workspace_root());
+    // Other runs may be in progress in the same target directory: name this one.
+    let pid = runner.id().to_string();
+    let other = crate::util::run_runner(&["hangcheck", "snapshot", "--pid", &pid], &workspace_root());
     assert_eq!(other.code, 0, "{other}");
     let line = other.stdout.lines().find(|l| l.trim_start().starts_with("tasks waiter")).expect("a waiter row");
     assert!(line.contains("2 -> 3") && line.contains("(+1)"), "{other}");
-    let stacks = crate::util::run_runner(&["hangcheck", "stacks"], &workspace_root());
+    let stacks =
+        crate::util::run_runner(&["hangcheck", "stacks", "-p", "waiter-leak", "--pid", &pid], &workspace_root());
     assert_eq!(stacks.code, 0, "{stacks}");
     assert!(stacks.stdout.contains("hangcheck-agent") || stacks.stdout.contains("tokio-rt-worker"), "{stacks}");
 

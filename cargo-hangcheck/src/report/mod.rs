@@ -36,6 +36,8 @@ pub struct TestRecord {
     pub stacks_source: Option<&'static str>,
     /// Operations it began that were still in flight after it ended and settled.
     pub lingering: Vec<Lingering>,
+    /// How long settling took after it.
+    pub settle: std::time::Duration,
 }
 
 /// How the run ended overall; decides the exit code.
@@ -149,6 +151,8 @@ pub struct TestEntry {
     pub detail: Option<String>,
     /// How long it ran, in milliseconds.
     pub duration_ms: u64,
+    /// How long settling took after it, in milliseconds (the runner's own time per test).
+    pub settle_ms: u64,
     /// Its output.
     pub log: PathBuf,
     /// Files written about the server when it hung.
@@ -329,6 +333,7 @@ impl TestEntry {
             outcome,
             detail,
             duration_ms: r.run.duration.as_millis() as u64,
+            settle_ms: r.settle.as_millis() as u64,
             log: r.run.log.clone(),
             evidence: r.run.evidence.clone(),
             stacks_source: r.stacks_source,

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Reproduces the figures of docs/performance.md.
+#
+#   benches/run.sh            every benchmark
+#   benches/run.sh spawn      one of: spawn load snapshot stacks runner
+#
+# Builds the bench binary three ways, each in its own target directory (different
+# RUSTFLAGS would otherwise rebuild each other): stable; --cfg tokio_unstable (what
+# `cargo hangcheck test` builds); tokio_unstable with console-subscriber. Each benchmark
+# prints JSON lines to target/bench/results.jsonl and a markdown table to stdout, every
+# figure next to its ratio to the plain-tokio (or nextest) figure of the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=target/bench
+mkdir -p "$T"
+OUT="$T/results.jsonl"
+which="${1:-all}"
+
+build() { # dir rustflags extra-args...
+    local dir=$1 flags=$2
+    shift 2
+    RUSTFLAGS="$flags" cargo build --quiet -p hangcheck-bench --target-dir "$T/$dir" "$@"
+}
+STABLE=$T/stable/release/hangcheck-bench
+UNSTABLE=$T/unstable/release/hangcheck-bench
+CONSOLE=$T/console/release/hangcheck-bench
+echo "building the bench binary (stable, tokio_unstable, console-subscriber)..." >&2
+build stable "" --release
+build unstable "--cfg tokio_unstable" --release
+build console "--cfg tokio_unstable" --release --features console
+# Servers under test are usually debug builds: stack symbolisation is measured there too.
+build debug ""
+DEBUG=$T/debug/debug/hangcheck-bench
+
+machine() {
+    echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(rustc --version)"
+}
+
+# table TITLE BENCH KEY... : renders the lines of one benchmark from $OUT.
+table() {
+    python3 - "$OUT" "$@" <<'PY'
+import json, sys
+path, title, bench, *keys = sys.argv[1:]
+rows = [json.loads(l) for l in open(path) if l.strip() and json.loads(l).get("bench") == bench]
+print(f"\n### {title}\n")
+print("| " + " | ".join(keys) + " |")
+print("|" + "---|" * len(keys))
+for r in rows:
+    print("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
+PY
+}
+
+# ratio BENCH FIELD BASE_VARIANT : adds "<field>_ratio" to each line of BENCH, against BASE.
+ratio() {
+    python3 - "$OUT" "$@" <<'PY'
+import json, sys
+path, bench, field, base = sys.argv[1:]
+lines = [json.loads(l) for l in open(path) if l.strip()]
+ref = [l for l in lines if l.get("bench") == bench and l.get("variant") == base]
+if ref:
+    for l in lines:
+        if l.get("bench") == bench and field in l:
+            l[field + "_ratio"] = round(l[field] / ref[-1][field], 3)
+with open(path, "w") as f:
+    for l in lines:
+        f.write(json.dumps(l) + "\n")
+PY
+}
+
+run_spawn() {
+    "$STABLE" spawn plain >>"$OUT"
+    "$STABLE" spawn named >>"$OUT"
+    "$UNSTABLE" spawn hooks >>"$OUT"
+    "$UNSTABLE" spawn named >>"$OUT"
+    "$CONSOLE" spawn console >>"$OUT"
+    ratio spawn ns_per_task plain
+    table "Spawn cost (1,000,000 trivial tasks, 2 workers; target: hangcheck <= 1.3x plain)" spawn \
+        variant tokio_unstable ns_per_task ns_per_task_ratio
+}
+
+run_load() {
+    "$STABLE" load plain >>"$OUT"
+    "$STABLE" load hangcheck >>"$OUT"
+    "$UNSTABLE" load hangcheck-unstable >>"$OUT"
+    "$CONSOLE" load console >>"$OUT"
+    ratio load rps plain
+    ratio load p50_us plain
+    ratio load p99_us plain
+    table "Server under load (PING round trips over loopback, 2 clients, medians of 5 runs of 2 s; target: >= 0.97x plain requests/s)" load \
+        variant tokio_unstable rps rps_ratio p50_us p50_us_ratio p99_us p99_us_ratio
+}
+
+run_snapshot() {
+    for n in 1000 10000 100000; do "$UNSTABLE" snapshot --tasks "$n" >>"$OUT"; done
+    table "Snapshot cost (live tasks in 10 named groups; target at 100k: <= 20 ms, no worker held up > 1 ms)" snapshot \
+        tasks median_ms max_ms worst_holdup_ms baseline_holdup_ms
+}
+
+run_stacks() {
+    for n in 8 64 256; do "$STABLE" stacks --threads "$n" | sed 's/^{/{"build":"release",/' >>"$OUT"; done
+    for n in 8 64 256; do "$DEBUG" stacks --threads "$n" | sed 's/^{/{"build":"debug",/' >>"$OUT"; done
+    table "Stack capture (every thread of the process; target: 64 threads <= 50 ms warm)" stacks \
+        build threads raw_cold_ms raw_warm_ms symbolised_cold_ms symbolised_warm_ms
+}
+
+# elapsed_ms COMMAND... : wall time of a command, in milliseconds.
+elapsed_ms() {
+    local t0 t1
+    t0=$(date +%s%N)
+    "$@" >/dev/null 2>&1 || true
+    t1=$(date +%s%N)
+    echo $(((t1 - t0) / 1000000))
+}
+
+median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+
+run_runner() {
+    # Warm every build first: only running is timed.
+    cargo build --quiet -p cargo-hangcheck
+    cargo hangcheck test -p hangcheck-bench >/dev/null 2>&1 || true
+    local server=target/hangcheck/build/debug/hangcheck-bench
+    cargo test --quiet -p hangcheck-bench --test fifty --no-run >/dev/null 2>&1
+    cargo nextest run -p hangcheck-bench --test fifty --no-run >/dev/null 2>&1 || true
+    # nextest and cargo test need the server running already.
+    "$server" serve plain >"$T/server.out" &
+    local pid=$!
+    trap 'kill $pid 2>/dev/null || true' EXIT
+    until grep -q "listening on" "$T/server.out"; do sleep 0.1; done
+    export HANGCHECK_ADDR_PING
+    HANGCHECK_ADDR_PING=$(sed -n 's/^listening on //p' "$T/server.out")
+    local hc=() nx=() nx1=() ct=()
+    for _ in 1 2 3; do
+        hc+=("$(elapsed_ms cargo hangcheck test -p hangcheck-bench)")
+        nx+=("$(elapsed_ms cargo nextest run -p hangcheck-bench --test fifty)")
+        nx1+=("$(elapsed_ms cargo nextest run -p hangcheck-bench --test fifty --test-threads 1)")
+        ct+=("$(elapsed_ms cargo test -q -p hangcheck-bench --test fifty)")
+    done
+    kill $pid 2>/dev/null || true
+    trap - EXIT
+    local report
+    report=$(ls -td target/hangcheck/runs/*/ | head -1)report.json
+    python3 - "$OUT" "$(median3 "${hc[@]}")" "$(median3 "${nx[@]}")" "$(median3 "${nx1[@]}")" "$(median3 "${ct[@]}")" "$report" <<'PY'
+import json, sys
+out, hc, nx, nx1, ct, report = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6]
+r = json.load(open(report))
+tests = r["tests"]
+per_test = lambda k: sum(t[k] for t in tests) / len(tests)
+with open(out, "a") as f:
+    for name, ms in [("cargo hangcheck test", hc), ("cargo nextest run", nx), ("cargo nextest run --test-threads 1", nx1), ("cargo test", ct)]:
+        f.write(json.dumps({"bench": "runner", "variant": name, "wall_ms": ms, "vs_nextest": round(ms / nx, 2)}) + "\n")
+    f.write(json.dumps({"bench": "runner-breakdown", "tests": len(tests),
+        "run_ms": r["duration_ms"], "test_process_ms_per_test": round(per_test("duration_ms"), 1),
+        "settle_ms_per_test": round(per_test("settle_ms"), 1),
+        "other_ms_per_test": round((r["duration_ms"] - sum(t["duration_ms"] + t["settle_ms"] for t in tests)) / len(tests), 1)}) + "\n")
+PY
+    table "Runner overhead (50-test E2E suite, one server, warm builds, medians of 3; target: hangcheck <= 1.2x nextest)" runner \
+        variant wall_ms vs_nextest
+    table "hangcheck's time per test, from its report.json" runner-breakdown \
+        tests run_ms test_process_ms_per_test settle_ms_per_test other_ms_per_test
+}
+
+: >"$OUT"
+machine
+case "$which" in
+spawn | load | snapshot | stacks | runner) "run_$which" ;;
+all) for b in spawn load snapshot stacks runner; do "run_$b"; done ;;
+*)
+    echo "usage: benches/run.sh [spawn|load|snapshot|stacks|runner|all]" >&2
+    exit 2
+    ;;
+esac
