@@ -72,9 +72,10 @@ run_spawn() {
     "$STABLE" spawn named >>"$OUT"
     "$UNSTABLE" spawn hooks >>"$OUT"
     "$UNSTABLE" spawn named >>"$OUT"
-    "$CONSOLE" spawn console >>"$OUT"
+    # console-subscriber costs ~50 us a task: 100,000 tasks keep the run short.
+    "$CONSOLE" spawn console --tasks 100000 >>"$OUT"
     ratio spawn ns_per_task plain
-    table "Spawn cost (1,000,000 trivial tasks, 2 workers; target: hangcheck <= 1.3x plain)" spawn \
+    table "Spawn cost (1,000,000 trivial tasks, 2 workers, median of 3 runs; target: hangcheck <= 1.3x plain)" spawn \
         variant tokio_unstable ns_per_task ns_per_task_ratio
 }
 
@@ -129,8 +130,10 @@ run_runner() {
     export HANGCHECK_ADDR_PING
     HANGCHECK_ADDR_PING=$(sed -n 's/^listening on //p' "$T/server.out")
     local hc=() nx=() nx1=() ct=()
+    local installed=() runner=target/debug/cargo-hangcheck
     for _ in 1 2 3; do
         hc+=("$(elapsed_ms cargo hangcheck test -p hangcheck-bench)")
+        installed+=("$(elapsed_ms "$runner" hangcheck test -p hangcheck-bench)")
         nx+=("$(elapsed_ms cargo nextest run -p hangcheck-bench --test fifty)")
         nx1+=("$(elapsed_ms cargo nextest run -p hangcheck-bench --test fifty --test-threads 1)")
         ct+=("$(elapsed_ms cargo test -q -p hangcheck-bench --test fifty)")
@@ -139,14 +142,14 @@ run_runner() {
     trap - EXIT
     local report
     report=$(ls -td target/hangcheck/runs/*/ | head -1)report.json
-    python3 - "$OUT" "$(median3 "${hc[@]}")" "$(median3 "${nx[@]}")" "$(median3 "${nx1[@]}")" "$(median3 "${ct[@]}")" "$report" <<'PY'
+    python3 - "$OUT" "$(median3 "${hc[@]}")" "$(median3 "${installed[@]}")" "$(median3 "${nx[@]}")" "$(median3 "${nx1[@]}")" "$(median3 "${ct[@]}")" "$report" <<'PY'
 import json, sys
-out, hc, nx, nx1, ct, report = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6]
+out, hc, inst, nx, nx1, ct, report = sys.argv[1], *map(int, sys.argv[2:7]), sys.argv[7]
 r = json.load(open(report))
 tests = r["tests"]
 per_test = lambda k: sum(t[k] for t in tests) / len(tests)
 with open(out, "a") as f:
-    for name, ms in [("cargo hangcheck test", hc), ("cargo nextest run", nx), ("cargo nextest run --test-threads 1", nx1), ("cargo test", ct)]:
+    for name, ms in [("cargo hangcheck test (in-repo alias: cargo run)", hc), ("cargo-hangcheck hangcheck test (installed binary)", inst), ("cargo nextest run", nx), ("cargo nextest run --test-threads 1", nx1), ("cargo test", ct)]:
         f.write(json.dumps({"bench": "runner", "variant": name, "wall_ms": ms, "vs_nextest": round(ms / nx, 2)}) + "\n")
     f.write(json.dumps({"bench": "runner-breakdown", "tests": len(tests),
         "run_ms": r["duration_ms"], "test_process_ms_per_test": round(per_test("duration_ms"), 1),

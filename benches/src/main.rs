@@ -161,30 +161,35 @@ fn spawn(variant: &str, tasks: u64) {
         r.connect().drain_in_background();
     }
     let named = variant == "named";
-    let elapsed = rt.block_on(async move {
+    let mut per_task: Vec<f64> = rt.block_on(async move {
         if variant == "console" {
             console_init();
         }
         const BATCH: u64 = 1000;
-        let started = Instant::now();
-        let mut handles = Vec::with_capacity(BATCH as usize);
-        for _ in 0..tasks / BATCH {
-            for i in 0..BATCH {
-                handles.push(if named {
-                    hangcheck_runtime::spawn("bench", async move { i })
-                } else {
-                    tokio::spawn(async move { i })
-                });
+        let mut runs = Vec::new();
+        // Three runs; the median is reported.
+        for _ in 0..3 {
+            let started = Instant::now();
+            let mut handles = Vec::with_capacity(BATCH as usize);
+            for _ in 0..tasks / BATCH {
+                for i in 0..BATCH {
+                    handles.push(if named {
+                        hangcheck_runtime::spawn("bench", async move { i })
+                    } else {
+                        tokio::spawn(async move { i })
+                    });
+                }
+                for h in handles.drain(..) {
+                    let _ = h.await;
+                }
             }
-            for h in handles.drain(..) {
-                let _ = h.await;
-            }
+            runs.push(started.elapsed().as_nanos() as f64 / tasks as f64);
         }
-        started.elapsed()
+        runs
     });
     println!(
         "{{\"bench\":\"spawn\",\"variant\":\"{variant}\",\"tasks\":{tasks},\"ns_per_task\":{:.1},\"tokio_unstable\":{}}}",
-        elapsed.as_nanos() as f64 / tasks as f64,
+        median(&mut per_task),
         cfg!(tokio_unstable)
     );
 }

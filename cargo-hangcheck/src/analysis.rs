@@ -352,6 +352,7 @@ mod tests {
             shutdown_grace: Duration::from_secs(1),
             settle: Duration::from_secs(1),
             stall_threshold: Duration::from_millis(250),
+            poll_stats: false,
             fail_fast: false,
             allow_growth: allow,
             ignore: ignore.iter().map(|s| s.to_string()).collect(),

@@ -27,27 +27,28 @@ pub struct Built {
     pub tokio_unstable: bool,
 }
 
-/// Builds the server and the test targets.
+/// Builds the server and the test targets. One cargo invocation does both when there are
+/// test targets: building integration tests makes cargo build the package's bins too, and
+/// every cargo start costs a noticeable part of a short suite's wall time.
 pub fn build(config: &Config) -> Result<Built, SetupError> {
     let tokio_unstable = !config.build.stable;
-    let mut build = cargo(config, "build", tokio_unstable);
-    build.args(["--bin", &config.server_bin]);
-    let artifacts = run(build, &format!("building the server `{}`", config.server_bin))?;
+    let artifacts = if config.test_targets.is_empty() {
+        let mut build = cargo(config, "build", tokio_unstable);
+        build.args(["--bin", &config.server_bin]);
+        run(build, &format!("building the server `{}`", config.server_bin))?
+    } else {
+        let mut test = cargo(config, "test", tokio_unstable);
+        test.arg("--no-run");
+        for t in &config.test_targets {
+            test.args(["--test", t]);
+        }
+        run(test, &format!("building the server `{}` and the tests", config.server_bin))?
+    };
     let server = artifacts
         .iter()
-        .find(|a| a.target.name == config.server_bin && a.target.kind.contains(&TargetKind::Bin))
+        .find(|a| !a.profile.test && a.target.name == config.server_bin && a.target.kind.contains(&TargetKind::Bin))
         .and_then(|a| a.executable.clone())
         .ok_or_else(|| SetupError::Config(format!("cargo built no executable for bin `{}`", config.server_bin)))?;
-
-    if config.test_targets.is_empty() {
-        return Ok(Built { server: server.into_std_path_buf(), tests: Vec::new(), tokio_unstable });
-    }
-    let mut test = cargo(config, "test", tokio_unstable);
-    test.arg("--no-run");
-    for t in &config.test_targets {
-        test.args(["--test", t]);
-    }
-    let artifacts = run(test, "building the tests")?;
     let mut tests = Vec::new();
     for name in &config.test_targets {
         let exe = artifacts

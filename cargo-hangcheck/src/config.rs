@@ -24,6 +24,7 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     settle: Option<String>,
     stall_threshold: Option<String>,
+    poll_stats: Option<bool>,
     fail_fast: Option<bool>,
     leaks: Option<LeaksTable>,
 }
@@ -82,6 +83,8 @@ pub struct Config {
     pub settle: Duration,
     /// A poll longer than this is a stall; zero turns the watchdog off.
     pub stall_threshold: Duration,
+    /// Count polls and busy time per task group.
+    pub poll_stats: bool,
     /// Stop at the first failed or hung test.
     pub fail_fast: bool,
     /// Live-count growth a group may have before it is a leak.
@@ -212,6 +215,7 @@ impl Config {
                 "stall-threshold",
                 Duration::from_millis(250),
             )?,
+            poll_stats: server_args.poll_stats || file.poll_stats.unwrap_or(false),
             fail_fast: args.fail_fast || file.fail_fast.unwrap_or(false),
             allow_growth: args.allow_growth.or(leaks.allow_growth).unwrap_or(0),
             ignore,
@@ -299,6 +303,7 @@ fn merge(ws: FileConfig, pkg: FileConfig) -> FileConfig {
         shutdown_grace: pkg.shutdown_grace.or(ws.shutdown_grace),
         settle: pkg.settle.or(ws.settle),
         stall_threshold: pkg.stall_threshold.or(ws.stall_threshold),
+        poll_stats: pkg.poll_stats.or(ws.poll_stats),
         fail_fast: pkg.fail_fast.or(ws.fail_fast),
         leaks,
     }

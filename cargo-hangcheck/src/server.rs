@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hangcheck_runtime::protocol::{Announcement, Hello, Stall, SOCKET_ENV, STALL_THRESHOLD_ENV};
+use hangcheck_runtime::protocol::{Announcement, Hello, Stall, POLL_STATS_ENV, SOCKET_ENV, STALL_THRESHOLD_ENV};
 
 use crate::build::Built;
 use crate::cli::Ready;
@@ -93,6 +93,7 @@ impl Server {
             .envs(config.server_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(SOCKET_ENV, listener.path())
             .env(STALL_THRESHOLD_ENV, config.stall_threshold.as_millis().to_string())
+            .env(POLL_STATS_ENV, if config.poll_stats { "1" } else { "0" })
             .current_dir(&config.package_dir)
             .stdin(Stdio::null())
             .stdout(log_file)

@@ -38,7 +38,6 @@ mod unstable {
     use std::cell::Cell;
     use std::collections::HashMap;
     use std::hash::{Hash, Hasher};
-    use std::panic::Location;
     use std::sync::{Arc, Mutex, PoisonError};
 
     use tokio::runtime::{Builder, TaskMeta};
@@ -125,19 +124,6 @@ mod unstable {
         LIVE[(id as usize) % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `file:line` of a spawn; a dependency's path is shortened to start at its crate
-    /// directory (`hyper-1.4.1/src/...`), which names the crate and its version.
-    pub(crate) fn location_key(location: &Location<'_>) -> String {
-        format!("{}:{}", short_path(location.file()), location.line())
-    }
-
-    fn short_path(file: &str) -> &str {
-        const REGISTRY: &str = "/registry/src/";
-        file.find(REGISTRY)
-            .and_then(|i| file[i + REGISTRY.len()..].split_once('/').map(|(_, rest)| rest))
-            .unwrap_or(file)
-    }
-
     pub(super) fn install(builder: &mut Builder, agent: &'static Agent) {
         builder
             .on_task_spawn(move |meta| {
@@ -149,10 +135,7 @@ mod unstable {
                 });
                 let tracked = match named {
                     Some(group) => Tracked::Named(group),
-                    None => {
-                        let key = location_key(meta.spawned_at());
-                        Tracked::Location(agent.registry.task_born_at(&key))
-                    }
+                    None => Tracked::Location(agent.registry.born_into(agent.registry.site_group(meta.spawned_at()))),
                 };
                 shard(id).get_or_insert_with(HashMap::new).insert(id, tracked);
             })
@@ -163,31 +146,30 @@ mod unstable {
                 let removed = shard(id).as_mut().and_then(|m| m.remove(&id));
                 drop(removed);
             })
-            .on_before_task_poll(|meta| watchdog::busy(id_of(meta)))
-            .on_after_task_poll(|meta| {
+            .on_before_task_poll(|meta| watchdog::busy(id_of(meta)));
+        if poll_stats() {
+            builder.on_after_task_poll(|meta| {
                 let busy_ns = watchdog::idle();
                 let id = id_of(meta);
                 if let Some(tracked) = shard(id).as_ref().and_then(|m| m.get(&id)) {
                     tracked.group().record_poll(busy_ns);
                 }
             });
+        } else {
+            builder.on_after_task_poll(|_| {
+                watchdog::idle();
+            });
+        }
+    }
+
+    /// Per-group poll counts and busy time cost a lookup per poll, so they are on only
+    /// when the runner asks (`poll-stats = true`, `HANGCHECK_POLL_STATS=1`).
+    fn poll_stats() -> bool {
+        std::env::var(crate::protocol::POLL_STATS_ENV).is_ok_and(|v| v == "1")
     }
 
     /// The group key and location of a live task, for stall reports.
     pub(crate) fn describe_task(id: u64) -> Option<(String, Option<String>)> {
         shard(id).as_ref()?.get(&id).map(|t| (t.group().key().to_owned(), t.group().location().map(str::to_owned)))
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn registry_paths_are_shortened_to_the_crate() {
-            let long =
-                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/hyper-1.4.1/src/proto/h1/dispatch.rs";
-            assert_eq!(short_path(long), "hyper-1.4.1/src/proto/h1/dispatch.rs");
-            assert_eq!(short_path("src/main.rs"), "src/main.rs");
-        }
     }
 }

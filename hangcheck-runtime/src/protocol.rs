@@ -315,6 +315,9 @@ impl FdCounts {
     }
 }
 
+/// The environment variable that turns on per-group poll counts and busy time (`1`).
+pub const POLL_STATS_ENV: &str = "HANGCHECK_POLL_STATS";
+
 /// The environment variable that carries the stall threshold, in milliseconds, from the
 /// runner to the agent.
 pub const STALL_THRESHOLD_ENV: &str = "HANGCHECK_STALL_THRESHOLD_MS";

@@ -21,7 +21,14 @@ use crate::protocol::{Announcement, EpochCount, GroupKind, GroupStats};
 pub(crate) struct Registry {
     started: Instant,
     epoch: AtomicU64,
-    groups: RwLock<HashMap<(GroupKind, String), Arc<Group>>>,
+    /// Named groups, looked up by a borrowed name (no allocation per spawn).
+    named: RwLock<HashMap<String, Arc<Group>>>,
+    /// Location groups by key (`file:line`).
+    located: RwLock<HashMap<String, Arc<Group>>>,
+    /// Location groups by the address of tokio's `&'static Location`: one map lookup per
+    /// spawn, and the key is formatted once per call site, not once per spawn.
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    by_site: RwLock<HashMap<usize, Arc<Group>>>,
     counters: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
     gauges: RwLock<BTreeMap<String, Arc<AtomicI64>>>,
     announced: Mutex<Vec<Announcement>>,
@@ -79,7 +86,9 @@ impl Registry {
         Registry {
             started: Instant::now(),
             epoch: AtomicU64::new(0),
-            groups: RwLock::default(),
+            named: RwLock::default(),
+            located: RwLock::default(),
+            by_site: RwLock::default(),
             counters: RwLock::default(),
             gauges: RwLock::default(),
             announced: Mutex::default(),
@@ -99,31 +108,44 @@ impl Registry {
         self.epoch.fetch_max(epoch, Ordering::Relaxed);
     }
 
-    /// The group `(kind, key)`, created on first use; `location` is only computed then.
-    fn group(&self, kind: GroupKind, key: &str, location: impl FnOnce() -> Option<String>) -> Arc<Group> {
-        let map_key = (kind, key.to_owned());
-        if let Some(g) = self.groups.read().unwrap_or_else(PoisonError::into_inner).get(&map_key) {
+    /// The group `key` of one map, created on first use; `location` is only computed then.
+    fn group(
+        map: &RwLock<HashMap<String, Arc<Group>>>,
+        kind: GroupKind,
+        key: &str,
+        location: impl FnOnce() -> Option<String>,
+    ) -> Arc<Group> {
+        if let Some(g) = map.read().unwrap_or_else(PoisonError::into_inner).get(key) {
             return Arc::clone(g);
         }
-        let mut groups = self.groups.write().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(groups.entry(map_key).or_insert_with(|| Arc::new(Group::new(key, kind, location()))))
+        let mut groups = map.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(groups.entry(key.to_owned()).or_insert_with(|| Arc::new(Group::new(key, kind, location()))))
     }
 
     /// Records the birth of a task in a group and returns the guard that records its end.
     #[cfg(test)]
     pub(crate) fn task_born(&self, kind: GroupKind, key: &str, location: Option<&Location<'_>>) -> TaskGuard {
-        self.born_into(self.group(kind, key, || location.map(location_string)))
+        let map = if kind == GroupKind::Named { &self.named } else { &self.located };
+        self.born_into(Registry::group(map, kind, key, || location.map(location_string)))
     }
 
-    /// Records the birth of a task in the location group `key` (its location is its key).
+    /// The location group of a spawn site (tokio's task hooks).
     #[cfg(tokio_unstable)]
-    pub(crate) fn task_born_at(&self, key: &str) -> TaskGuard {
-        self.born_into(self.group(GroupKind::Location, key, || Some(key.to_owned())))
+    pub(crate) fn site_group(&self, site: &'static Location<'static>) -> Arc<Group> {
+        let address = site as *const Location<'static> as usize;
+        if let Some(g) = self.by_site.read().unwrap_or_else(PoisonError::into_inner).get(&address) {
+            return Arc::clone(g);
+        }
+        // Two sites can share a file and line (monomorphised copies); they share a group.
+        let key = location_key(site);
+        let group = Registry::group(&self.located, GroupKind::Location, &key, || Some(key.clone()));
+        self.by_site.write().unwrap_or_else(PoisonError::into_inner).insert(address, Arc::clone(&group));
+        group
     }
 
     /// The named group `key`, created at `location` if it is new.
     pub(crate) fn named_group(&self, key: &str, location: &Location<'_>) -> Arc<Group> {
-        self.group(GroupKind::Named, key, || Some(location_string(location)))
+        Registry::group(&self.named, GroupKind::Named, key, || Some(location_string(location)))
     }
 
     /// Records the birth of a task in `group`.
@@ -156,8 +178,9 @@ impl Registry {
     /// Every group's statistics, sorted by key. Each group's lock is held only while its
     /// own records are read.
     pub(crate) fn group_stats(&self) -> Vec<GroupStats> {
-        let groups: Vec<Arc<Group>> =
-            self.groups.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        let mut groups: Vec<Arc<Group>> =
+            self.named.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        groups.extend(self.located.read().unwrap_or_else(PoisonError::into_inner).values().cloned());
         let now = Instant::now();
         let mut stats: Vec<GroupStats> = groups.iter().map(|g| g.stats(now)).collect();
         stats.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
@@ -236,6 +259,18 @@ fn location_string(location: &Location<'_>) -> String {
     format!("{}:{}", location.file(), location.line())
 }
 
+/// The key of a location group: `file:line`, with a dependency's path shortened to start
+/// at its crate directory (`hyper-1.4.1/src/...`), which names the crate and version.
+#[cfg_attr(not(tokio_unstable), allow(dead_code))]
+pub(crate) fn location_key(location: &Location<'_>) -> String {
+    format!("{}:{}", short_path(location.file()), location.line())
+}
+
+fn short_path(file: &str) -> &str {
+    const REGISTRY: &str = "/registry/src/";
+    file.find(REGISTRY).and_then(|i| file[i + REGISTRY.len()..].split_once('/').map(|(_, rest)| rest)).unwrap_or(file)
+}
+
 fn get_or_insert<A: Default>(map: &RwLock<BTreeMap<String, Arc<A>>>, name: &str) -> Arc<A> {
     if let Some(a) = map.read().unwrap_or_else(PoisonError::into_inner).get(name) {
         return Arc::clone(a);
@@ -288,6 +323,13 @@ mod tests {
         assert!(g.location.as_deref().unwrap().contains("registry.rs:"));
         drop((a, c));
         assert_eq!(reg.group_stats()[0].live, 0);
+    }
+
+    #[test]
+    fn registry_paths_are_shortened_to_the_crate() {
+        let long = "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/hyper-1.4.1/src/proto/h1/dispatch.rs";
+        assert_eq!(short_path(long), "hyper-1.4.1/src/proto/h1/dispatch.rs");
+        assert_eq!(short_path("src/main.rs"), "src/main.rs");
     }
 
     #[test]
