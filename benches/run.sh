@@ -67,28 +67,89 @@ with open(path, "w") as f:
 PY
 }
 
+# aggregate BENCH FIELD... : replaces the lines of BENCH by one line per variant holding
+# the median of each FIELD over the rounds, and its min-max spread.
+aggregate() {
+    python3 - "$OUT" "$@" <<'PY'
+import json, sys, statistics
+path, bench, *fields = sys.argv[1:]
+lines = [json.loads(l) for l in open(path) if l.strip()]
+mine = [l for l in lines if l.get("bench") == bench]
+rest = [l for l in lines if l.get("bench") != bench]
+merged = {}
+for l in mine:
+    merged.setdefault(l["variant"], []).append(l)
+for variant, rows in merged.items():
+    row = dict(rows[0])
+    row["rounds"] = len(rows)
+    for f in fields:
+        values = [r[f] for r in rows]
+        row[f] = round(statistics.median(values), 1)
+        row[f + "_spread"] = f"{min(values):g}-{max(values):g}"
+    rest.append(row)
+with open(path, "w") as out:
+    for l in rest:
+        out.write(json.dumps(l) + "\n")
+PY
+}
+
+ROUNDS=${ROUNDS:-5}
+
 run_spawn() {
-    "$STABLE" spawn plain >>"$OUT"
-    "$STABLE" spawn named >>"$OUT"
-    "$UNSTABLE" spawn hooks >>"$OUT"
-    "$UNSTABLE" spawn named >>"$OUT"
-    # console-subscriber costs ~50 us a task: 100,000 tasks keep the run short.
-    "$CONSOLE" spawn console --tasks 100000 >>"$OUT"
+    # Variants interleaved over rounds of separate processes: on a shared machine the
+    # conditions drift, and interleaving exposes every variant to the same drift.
+    for _ in $(seq "$ROUNDS"); do
+        "$STABLE" spawn plain >>"$OUT"
+        "$STABLE" spawn named >>"$OUT"
+        "$UNSTABLE" spawn empty-hooks >>"$OUT"
+        "$UNSTABLE" spawn hooks >>"$OUT"
+        "$UNSTABLE" spawn named | sed 's/"variant":"named"/"variant":"named+hooks"/' >>"$OUT"
+        # console-subscriber costs tens of microseconds a task: fewer tasks keep it short.
+        "$CONSOLE" spawn console --tasks 20000 >>"$OUT"
+    done
+    aggregate spawn ns_per_task
     ratio spawn ns_per_task plain
-    table "Spawn cost (1,000,000 trivial tasks, 2 workers, median of 3 runs; target: hangcheck <= 1.3x plain)" spawn \
-        variant tokio_unstable ns_per_task ns_per_task_ratio
+    table "Spawn cost (1,000,000 trivial tasks a run, 2 workers; medians over $ROUNDS interleaved rounds; target: hangcheck <= 1.3x plain)" spawn \
+        variant tokio_unstable rounds ns_per_task ns_per_task_spread ns_per_task_ratio
+    if command -v valgrind >/dev/null; then
+        spawn_instructions
+    else
+        echo "(valgrind is not installed: no instruction counts; apt-get install valgrind)"
+    fi
+}
+
+# Instructions per spawned task under callgrind: repeatable where wall time is not (it
+# counts work, not contention). The difference between 100,000 tasks and none cancels
+# the runtime's start-up and the agent's symboliser warm-up.
+spawn_instructions() {
+    local bin variant n0 n1
+    collected() { valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" 2>&1 >/dev/null | sed -n 's/.*Collected : //p'; }
+    for spec in "$STABLE plain" "$STABLE named" "$UNSTABLE empty-hooks" "$UNSTABLE hooks" "$UNSTABLE named"; do
+        read -r bin variant <<<"$spec"
+        n0=$(collected "$bin" spawn "$variant" --tasks 0)
+        n1=$(collected "$bin" spawn "$variant" --tasks 100000)
+        label=$variant
+        [ "$bin" = "$UNSTABLE" ] && [ "$variant" = named ] && label=named+hooks
+        echo "{\"bench\":\"spawn-instructions\",\"variant\":\"$label\",\"instructions_per_task\":$(((n1 - n0) / 300000))}" >>"$OUT"
+    done
+    ratio spawn-instructions instructions_per_task plain
+    table "Spawn cost in instructions (callgrind, 3 x 100,000 tasks minus none)" spawn-instructions \
+        variant instructions_per_task instructions_per_task_ratio
 }
 
 run_load() {
-    "$STABLE" load plain >>"$OUT"
-    "$STABLE" load hangcheck >>"$OUT"
-    "$UNSTABLE" load hangcheck-unstable >>"$OUT"
-    "$CONSOLE" load console >>"$OUT"
+    for _ in $(seq "$ROUNDS"); do
+        "$STABLE" load plain --runs 3 >>"$OUT"
+        "$STABLE" load hangcheck --runs 3 >>"$OUT"
+        "$UNSTABLE" load hangcheck-unstable --runs 3 >>"$OUT"
+        "$CONSOLE" load console --runs 3 >>"$OUT"
+    done
+    aggregate load rps p50_us p99_us
     ratio load rps plain
     ratio load p50_us plain
     ratio load p99_us plain
-    table "Server under load (PING round trips over loopback, 2 clients, medians of 5 runs of 2 s; target: >= 0.97x plain requests/s)" load \
-        variant tokio_unstable rps rps_ratio p50_us p50_us_ratio p99_us p99_us_ratio
+    table "Server under load (PING round trips over loopback, 2 clients, 3 runs of 2 s per round; medians over $ROUNDS interleaved rounds; target: >= 0.97x plain requests/s)" load \
+        variant tokio_unstable rps rps_spread rps_ratio p50_us p50_us_ratio p99_us p99_us_ratio
 }
 
 run_snapshot() {

@@ -21,7 +21,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 #[command(about = "hangcheck's benchmarks; see benches/run.sh")]
 enum Bench {
     /// Spawn and complete trivial tasks: plain, named (hangcheck_runtime::spawn, agent
-    /// on), hooks (plain spawn with tokio's hooks installed), console (console-subscriber).
+    /// on), hooks (plain spawn with hangcheck's tokio hooks installed), empty-hooks (four
+    /// hooks that do nothing), console (console-subscriber).
     Spawn {
         variant: String,
         #[arg(long, default_value_t = 1_000_000)]
@@ -143,6 +144,27 @@ fn runtime(instrumented: bool) -> tokio::runtime::Runtime {
     builder.build().expect("runtime")
 }
 
+/// tokio's own cost of calling the four task hooks hangcheck installs, with hooks that do
+/// nothing: the floor under any hook-based instrumentation.
+#[cfg(tokio_unstable)]
+fn runtime_with_empty_hooks() -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .worker_threads(2)
+        .enable_all()
+        .on_task_spawn(|_| {})
+        .on_task_terminate(|_| {})
+        .on_before_task_poll(|_| {})
+        .on_after_task_poll(|_| {});
+    builder.build().expect("runtime")
+}
+
+#[cfg(not(tokio_unstable))]
+fn runtime_with_empty_hooks() -> tokio::runtime::Runtime {
+    eprintln!("empty-hooks needs --cfg tokio_unstable (benches/run.sh builds it)");
+    std::process::exit(2);
+}
+
 #[cfg(feature = "console")]
 fn console_init() {
     console_subscriber::init();
@@ -156,7 +178,7 @@ fn console_init() {
 
 fn spawn(variant: &str, tasks: u64) {
     let runner = matches!(variant, "named" | "hooks").then(|| FakeRunner::start(true).0);
-    let rt = runtime(runner.is_some());
+    let rt = if variant == "empty-hooks" { runtime_with_empty_hooks() } else { runtime(runner.is_some()) };
     if let Some(r) = &runner {
         r.connect().drain_in_background();
     }

@@ -70,6 +70,16 @@ fn start() -> Option<&'static Agent> {
 }
 
 impl Agent {
+    /// Remembers the runtime of the calling thread, if the agent knows none yet: cheap to
+    /// call on every spawn, since it asks tokio only until a runtime is known.
+    pub(crate) fn attach_current_runtime(&self) {
+        if self.runtime.get().is_none() {
+            if let Ok(handle) = Handle::try_current() {
+                self.attach_runtime(&handle);
+            }
+        }
+    }
+
     /// Remembers the runtime whose metrics snapshots report; the first one wins.
     pub(crate) fn attach_runtime(&self, handle: &Handle) {
         if self.runtime.get().is_none() {

@@ -43,7 +43,7 @@ mod unstable {
     use tokio::runtime::{Builder, TaskMeta};
 
     use crate::agent::Agent;
-    use crate::registry::{Group, TaskGuard};
+    use crate::registry::{Group, IntHash, TaskGuard};
     use crate::watchdog;
 
     /// What the hooks know about a live task.
@@ -66,7 +66,7 @@ mod unstable {
 
     /// Live tasks by id, sharded so that spawns on different workers rarely meet.
     const SHARDS: usize = 16;
-    static LIVE: [Mutex<Option<HashMap<u64, Tracked>>>; SHARDS] = [const { Mutex::new(None) }; SHARDS];
+    static LIVE: [Mutex<Option<HashMap<u64, Tracked, IntHash>>>; SHARDS] = [const { Mutex::new(None) }; SHARDS];
 
     thread_local! {
         /// The group a `hangcheck_runtime::spawn` on this thread is spawning into; the
@@ -120,7 +120,7 @@ mod unstable {
         task_id(&meta.id())
     }
 
-    fn shard(id: u64) -> std::sync::MutexGuard<'static, Option<HashMap<u64, Tracked>>> {
+    fn shard(id: u64) -> std::sync::MutexGuard<'static, Option<HashMap<u64, Tracked, IntHash>>> {
         LIVE[(id as usize) % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -137,7 +137,7 @@ mod unstable {
                     Some(group) => Tracked::Named(group),
                     None => Tracked::Location(agent.registry.born_into(agent.registry.site_group(meta.spawned_at()))),
                 };
-                shard(id).get_or_insert_with(HashMap::new).insert(id, tracked);
+                shard(id).get_or_insert_with(|| HashMap::with_hasher(IntHash)).insert(id, tracked);
             })
             .on_task_terminate(|meta| {
                 let id = id_of(meta);

@@ -33,6 +33,8 @@ pub mod protocol;
 #[cfg(feature = "agent")]
 mod agent;
 #[cfg(feature = "agent")]
+mod clock;
+#[cfg(feature = "agent")]
 mod hooks;
 #[cfg(feature = "agent")]
 mod ops;
@@ -57,7 +59,6 @@ mod api {
     use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
     use std::sync::Arc;
 
-    use tokio::runtime::Handle;
     use tokio::task::JoinHandle;
 
     use crate::agent;
@@ -131,9 +132,7 @@ mod api {
         let Some(agent) = agent::get() else {
             return tokio::spawn(future);
         };
-        if let Ok(handle) = Handle::try_current() {
-            agent.attach_runtime(&handle);
-        }
+        agent.attach_current_runtime();
         let group = agent.registry.named_group(name, Location::caller());
         let guard = agent.registry.born_into(Arc::clone(&group));
         // Tells tokio's spawn hook (tokio_unstable) that this task is counted by name.
@@ -158,9 +157,7 @@ mod api {
     /// ```
     pub fn announce(name: &str, addr: impl std::fmt::Display) {
         let Some(agent) = agent::get() else { return };
-        if let Ok(handle) = Handle::try_current() {
-            agent.attach_runtime(&handle);
-        }
+        agent.attach_current_runtime();
         let announcement = Announcement { name: name.to_owned(), addr: addr.to_string() };
         agent.registry.announce(announcement.clone());
         agent.send_event(AgentMessage::Announce(announcement));

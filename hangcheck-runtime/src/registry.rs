@@ -15,7 +15,13 @@ use std::time::Instant;
 
 use slab::Slab;
 
+use crate::clock;
 use crate::protocol::{Announcement, EpochCount, GroupKind, GroupStats};
+
+thread_local! {
+    /// The groups this thread spawned into lately, by call site (see `named_group`).
+    static LAST_NAMED: std::cell::RefCell<Vec<(usize, Arc<Group>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// The one registry of the process.
 pub(crate) struct Registry {
@@ -28,7 +34,7 @@ pub(crate) struct Registry {
     /// Location groups by the address of tokio's `&'static Location`: one map lookup per
     /// spawn, and the key is formatted once per call site, not once per spawn.
     #[cfg_attr(not(tokio_unstable), allow(dead_code))]
-    by_site: RwLock<HashMap<usize, Arc<Group>>>,
+    by_site: RwLock<HashMap<usize, Arc<Group>, IntHash>>,
     counters: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
     gauges: RwLock<BTreeMap<String, Arc<AtomicI64>>>,
     announced: Mutex<Vec<Announcement>>,
@@ -37,7 +43,8 @@ pub(crate) struct Registry {
 
 /// A live task's record.
 struct Birth {
-    at: Instant,
+    /// [`clock::now_ns`] at the spawn.
+    at: u64,
     epoch: u64,
 }
 
@@ -88,7 +95,7 @@ impl Registry {
             epoch: AtomicU64::new(0),
             named: RwLock::default(),
             located: RwLock::default(),
-            by_site: RwLock::default(),
+            by_site: RwLock::new(HashMap::with_hasher(IntHash)),
             counters: RwLock::default(),
             gauges: RwLock::default(),
             announced: Mutex::default(),
@@ -144,13 +151,33 @@ impl Registry {
     }
 
     /// The named group `key`, created at `location` if it is new.
-    pub(crate) fn named_group(&self, key: &str, location: &Location<'_>) -> Arc<Group> {
-        Registry::group(&self.named, GroupKind::Named, key, || Some(location_string(location)))
+    ///
+    /// A call site nearly always spawns into the same group, so each thread remembers the
+    /// last group it spawned into from each site; a hit costs a pointer and a short string
+    /// comparison instead of a lock and a hash.
+    pub(crate) fn named_group(&self, key: &str, location: &'static Location<'static>) -> Arc<Group> {
+        let site = location as *const Location<'static> as usize;
+        let cached = LAST_NAMED.with(|last| {
+            let last = last.borrow();
+            last.iter().find(|(s, g)| *s == site && g.key == key).map(|(_, g)| Arc::clone(g))
+        });
+        if let Some(group) = cached {
+            return group;
+        }
+        let group = Registry::group(&self.named, GroupKind::Named, key, || Some(location_string(location)));
+        LAST_NAMED.with(|last| {
+            let mut last = last.borrow_mut();
+            if last.len() >= 8 {
+                last.remove(0);
+            }
+            last.push((site, Arc::clone(&group)));
+        });
+        group
     }
 
     /// Records the birth of a task in `group`.
     pub(crate) fn born_into(&self, group: Arc<Group>) -> TaskGuard {
-        let birth = Birth { at: Instant::now(), epoch: self.epoch() };
+        let birth = Birth { at: clock::now_ns(), epoch: self.epoch() };
         let slot = lock(&group.live).insert(birth);
         group.spawned.fetch_add(1, Ordering::Relaxed);
         TaskGuard { group, slot }
@@ -181,7 +208,7 @@ impl Registry {
         let mut groups: Vec<Arc<Group>> =
             self.named.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         groups.extend(self.located.read().unwrap_or_else(PoisonError::into_inner).values().cloned());
-        let now = Instant::now();
+        let now = clock::now_ns();
         let mut stats: Vec<GroupStats> = groups.iter().map(|g| g.stats(now)).collect();
         stats.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
         stats
@@ -229,9 +256,9 @@ impl Group {
         self.location.as_deref()
     }
 
-    fn stats(&self, now: Instant) -> GroupStats {
+    fn stats(&self, now: u64) -> GroupStats {
         let mut by_epoch: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut oldest: Option<Instant> = None;
+        let mut oldest: Option<u64> = None;
         let live = {
             let records = lock(&self.live);
             for (_, birth) in records.iter() {
@@ -249,9 +276,41 @@ impl Group {
             finished: self.finished.load(Ordering::Relaxed),
             polls: self.polls.load(Ordering::Relaxed),
             busy_ms: self.busy_ns.load(Ordering::Relaxed) / 1_000_000,
-            oldest_age_ms: oldest.map(|o| now.saturating_duration_since(o).as_millis() as u64),
+            oldest_age_ms: oldest.map(|o| clock::ms_since(o, now)),
             live_by_epoch: by_epoch.into_iter().map(|(epoch, count)| EpochCount { epoch, count }).collect(),
         }
+    }
+}
+
+/// Hashes integers that are not attacker-chosen (tokio's sequential task ids, addresses
+/// of statics) with a multiplicative (Fibonacci) hash, a fraction of SipHash's cost, which
+/// still spreads sequential values across the table.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IntHash;
+
+impl std::hash::BuildHasher for IntHash {
+    type Hasher = IntHasher;
+    fn build_hasher(&self) -> IntHasher {
+        IntHasher(0)
+    }
+}
+
+pub(crate) struct IntHasher(u64);
+
+impl std::hash::Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = n as u64;
     }
 }
 

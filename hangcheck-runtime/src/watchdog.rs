@@ -13,8 +13,8 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use crate::protocol::{Stall, StalledTask};
 use crate::stacks;
@@ -40,13 +40,10 @@ thread_local! {
     static ME: Cell<Option<&'static Worker>> = const { Cell::new(None) };
 }
 
-fn anchor() -> Instant {
-    static ANCHOR: OnceLock<Instant> = OnceLock::new();
-    *ANCHOR.get_or_init(Instant::now)
-}
-
+/// The watchdog's clock: the coarse monotonic clock (read on every poll), never 0 so that
+/// 0 can mean idle.
 pub(crate) fn now_ns() -> u64 {
-    anchor().elapsed().as_nanos() as u64 + 1
+    crate::clock::now_ns().max(1)
 }
 
 fn me() -> &'static Worker {
