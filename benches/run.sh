@@ -2,7 +2,7 @@
 # Reproduces the figures of docs/performance.md.
 #
 #   benches/run.sh            every benchmark
-#   benches/run.sh spawn      one of: spawn load snapshot stacks runner
+#   benches/run.sh spawn      one of: spawn load snapshot stacks stall runner
 #
 # Builds the bench binary three ways, each in its own target directory (different
 # RUSTFLAGS would otherwise rebuild each other): stable; --cfg tokio_unstable (what
@@ -165,6 +165,14 @@ run_stacks() {
         build threads raw_cold_ms raw_warm_ms symbolised_cold_ms symbolised_warm_ms
 }
 
+run_stall() {
+    "$STABLE" stall | sed 's/^{/{"build":"release",/' >>"$OUT"
+    "$UNSTABLE" stall | sed 's/^{/{"build":"release",/' >>"$OUT"
+    "$DEBUG" stall | sed 's/^{/{"build":"debug",/' >>"$OUT"
+    table "Stall detection latency (a worker blocked in one poll, threshold 250 ms, 10 runs; target: caught within threshold + 100 ms)" stall \
+        build tokio_unstable runs detected_past_threshold_median_ms detected_past_threshold_max_ms delivered_past_threshold_median_ms delivered_past_threshold_max_ms
+}
+
 # elapsed_ms COMMAND... : wall time of a command, in milliseconds.
 elapsed_ms() {
     local t0 t1
@@ -226,10 +234,10 @@ PY
 : >"$OUT"
 machine
 case "$which" in
-spawn | load | snapshot | stacks | runner) "run_$which" ;;
-all) for b in spawn load snapshot stacks runner; do "run_$b"; done ;;
+spawn | load | snapshot | stacks | stall | runner) "run_$which" ;;
+all) for b in spawn load snapshot stacks stall runner; do "run_$b"; done ;;
 *)
-    echo "usage: benches/run.sh [spawn|load|snapshot|stacks|runner|all]" >&2
+    echo "usage: benches/run.sh [spawn|load|snapshot|stacks|stall|runner|all]" >&2
     exit 2
     ;;
 esac

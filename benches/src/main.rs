@@ -50,6 +50,14 @@ enum Bench {
         #[arg(long)]
         threads: usize,
     },
+    /// Stall detection latency: how long past the threshold a blocked worker is caught,
+    /// and how long until the stall (with its symbolised stack) reaches the runner.
+    Stall {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        #[arg(long, default_value_t = 250)]
+        threshold_ms: u64,
+    },
 }
 
 fn main() {
@@ -61,6 +69,7 @@ fn main() {
         }
         Bench::Snapshot { tasks } => snapshot(tasks),
         Bench::Stacks { threads } => stacks(threads),
+        Bench::Stall { runs, threshold_ms } => stall(runs, threshold_ms),
     }
 }
 
@@ -388,5 +397,37 @@ fn stacks(threads: usize) {
         "{{\"bench\":\"stacks\",\"threads\":{threads},\"raw_cold_ms\":{raw_cold:.2},\"raw_warm_ms\":{:.2},\"symbolised_cold_ms\":{sym_cold:.2},\"symbolised_warm_ms\":{:.2}}}",
         median(&mut raw_warm),
         median(&mut sym_warm)
+    );
+}
+
+fn stall(runs: usize, threshold_ms: u64) {
+    std::env::set_var(protocol::STALL_THRESHOLD_ENV, threshold_ms.to_string());
+    let runner = FakeRunner::start(true).0;
+    let rt = runtime(true);
+    let mut link = runner.connect();
+    let block = Duration::from_millis(threshold_ms + 400);
+    let mut detected = Vec::new();
+    let mut delivered = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        rt.spawn(async move { std::thread::sleep(block) });
+        loop {
+            if let AgentMessage::Stall(stall) = link.next() {
+                detected.push(stall.stuck_ms.saturating_sub(threshold_ms) as f64);
+                delivered.push(started.elapsed().as_millis().saturating_sub(u128::from(threshold_ms)) as f64);
+                break;
+            }
+        }
+        // Let the blocked worker go before the next round.
+        std::thread::sleep(block.saturating_sub(started.elapsed()) + Duration::from_millis(50));
+    }
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    println!(
+        "{{\"bench\":\"stall\",\"threshold_ms\":{threshold_ms},\"runs\":{runs},\"detected_past_threshold_median_ms\":{:.0},\"detected_past_threshold_max_ms\":{:.0},\"delivered_past_threshold_median_ms\":{:.0},\"delivered_past_threshold_max_ms\":{:.0},\"tokio_unstable\":{}}}",
+        median(&mut detected.clone()),
+        max(&detected),
+        median(&mut delivered.clone()),
+        max(&delivered),
+        cfg!(tokio_unstable)
     );
 }
