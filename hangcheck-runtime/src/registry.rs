@@ -257,16 +257,16 @@ impl Group {
     }
 
     fn stats(&self, now: u64) -> GroupStats {
+        // Copy the records out and aggregate after the lock is released: a spawn into this
+        // group waits only for the copy, not for the counting.
+        let births: Vec<(u64, u64)> = lock(&self.live).iter().map(|(_, b)| (b.epoch, b.at)).collect();
         let mut by_epoch: BTreeMap<u64, u64> = BTreeMap::new();
         let mut oldest: Option<u64> = None;
-        let live = {
-            let records = lock(&self.live);
-            for (_, birth) in records.iter() {
-                *by_epoch.entry(birth.epoch).or_default() += 1;
-                oldest = Some(oldest.map_or(birth.at, |o| o.min(birth.at)));
-            }
-            records.len() as u64
-        };
+        for &(epoch, at) in &births {
+            *by_epoch.entry(epoch).or_default() += 1;
+            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        }
+        let live = births.len() as u64;
         GroupStats {
             key: self.key.clone(),
             kind: self.kind,
