@@ -50,3 +50,27 @@ impl SetupError {
         move |source| SetupError::Io { what, source }
     }
 }
+
+impl SetupError {
+    /// Prints the error (with the tail of the server log where there is one) and returns
+    /// the exit code that goes with it.
+    pub fn report(&self) -> i32 {
+        let detail = match self {
+            SetupError::Server { log: Some(log), .. } => {
+                let mut lines = vec![format!("last lines of {}:", log.display())];
+                let tail = crate::rundir::tail(log, 15);
+                if tail.is_empty() {
+                    lines.push("(empty)".to_owned());
+                }
+                lines.extend(tail);
+                lines
+            }
+            _ => Vec::new(),
+        };
+        crate::report::terminal::error(self, &detail);
+        match self {
+            SetupError::Interrupted => crate::exit::INTERRUPTED,
+            _ => crate::exit::SETUP,
+        }
+    }
+}

@@ -32,18 +32,7 @@ pub fn run(args: &ServerArgs) -> i32 {
     let signals = Signals::install();
     match live(args, &signals) {
         Ok(code) => code,
-        Err(e) => {
-            let detail = match &e {
-                SetupError::Server { log: Some(log), .. } => crate::rundir::tail(log, 15),
-                _ => Vec::new(),
-            };
-            terminal::error(&e, &detail);
-            if matches!(e, SetupError::Interrupted) {
-                exit::INTERRUPTED
-            } else {
-                exit::SETUP
-            }
-        }
+        Err(e) => e.report(),
     }
 }
 
@@ -60,10 +49,9 @@ fn live(args: &ServerArgs, signals: &Signals) -> Result<i32, SetupError> {
     for (name, value) in server.test_env() {
         println!("{name}={value}");
     }
-    let mut previous = server.link.snapshot(SNAPSHOT_TIMEOUT).map_err(|e| SetupError::Server {
-        cause: format!("the agent did not answer the first snapshot: {e}"),
-        log: Some(server.log.clone()),
-    })?;
+    let first = server.link.snapshot(SNAPSHOT_TIMEOUT);
+    let mut previous =
+        first.map_err(|e| server.failure(format!("the agent did not answer the first snapshot: {e}")))?;
     terminal::status(
         "Watching",
         "press Enter for a snapshot with the deltas since the last one (or run `cargo hangcheck snapshot` \

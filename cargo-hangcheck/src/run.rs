@@ -20,7 +20,6 @@ use crate::build::{self, Built};
 use crate::cli::TestArgs;
 use crate::config::Config;
 use crate::errors::SetupError;
-use crate::exit;
 use crate::ondemand;
 use crate::report::{self, terminal, Report, ShutdownEntry, StallEntry, Survivor, TestRecord, Verdict};
 use crate::rundir::{Evidence, RunDir};
@@ -34,7 +33,7 @@ pub fn test(args: &TestArgs) -> i32 {
     let signals = Signals::install();
     let config = match Config::resolve(args) {
         Ok(c) => c,
-        Err(e) => return setup_failed(&e),
+        Err(e) => return e.report(),
     };
     terminal::status(
         "Building",
@@ -42,11 +41,11 @@ pub fn test(args: &TestArgs) -> i32 {
     );
     let built = match build::build(&config) {
         Ok(b) => b,
-        Err(e) => return setup_failed(&e),
+        Err(e) => return e.report(),
     };
     let run_dir = match RunDir::create(&config.hangcheck_dir.join("runs")) {
         Ok(d) => d,
-        Err(e) => return setup_failed(&SetupError::io("cannot create the run directory")(e)),
+        Err(e) => return SetupError::io("cannot create the run directory")(e).report(),
     };
     let marker = ondemand::announce_runner(&run_dir, &config.package);
     let mut run = Run::new(config, built, run_dir, signals);
@@ -54,29 +53,6 @@ pub fn test(args: &TestArgs) -> i32 {
     let code = run.finish(result);
     drop(marker);
     code
-}
-
-fn setup_failed(e: &SetupError) -> i32 {
-    let detail = match e {
-        SetupError::Server { log: Some(log), .. } => log_tail(log),
-        _ => Vec::new(),
-    };
-    terminal::error(e, &detail);
-    if matches!(e, SetupError::Interrupted) {
-        exit::INTERRUPTED
-    } else {
-        exit::SETUP
-    }
-}
-
-fn log_tail(log: &std::path::Path) -> Vec<String> {
-    let mut lines = vec![format!("last lines of {}:", log.display())];
-    let tail = crate::rundir::tail(log, 15);
-    if tail.is_empty() {
-        lines.push("(empty)".to_owned());
-    }
-    lines.extend(tail);
-    lines
 }
 
 /// The state of one run.
@@ -174,10 +150,10 @@ impl Run {
     fn run_one(&mut self, case: &TestCase, epoch: u64) -> Result<TestRecord, SetupError> {
         let id = case.id();
         let server = self.server.as_mut().expect("the server is started before any test");
-        server.link.set_epoch(epoch, SNAPSHOT_TIMEOUT).map_err(|e| SetupError::Server {
-            cause: format!("the agent stopped answering before {id}: {e}"),
-            log: Some(server.log.clone()),
-        })?;
+        server
+            .link
+            .set_epoch(epoch, SNAPSHOT_TIMEOUT)
+            .map_err(|e| server.failure(format!("the agent stopped answering before {id}: {e}")))?;
         let mut env = server.test_env();
         env.push(("HANGCHECK_SERVER_PID".to_owned(), server.child.pid().to_string()));
         let last_asked = self.last.clone().unwrap_or_default();
@@ -233,10 +209,8 @@ impl Run {
 
     fn snapshot(&mut self, what: &str) -> Result<Snapshot, SetupError> {
         let server = self.server_mut();
-        server.link.snapshot(SNAPSHOT_TIMEOUT).map_err(|e| SetupError::Server {
-            cause: format!("the agent did not answer {what} snapshot: {e}"),
-            log: Some(server.log.clone()),
-        })
+        let answer = server.link.snapshot(SNAPSHOT_TIMEOUT);
+        answer.map_err(|e| server.failure(format!("the agent did not answer {what} snapshot: {e}")))
     }
 
     fn settle(&mut self, before: &Snapshot, after: &str) -> Result<Snapshot, SetupError> {
@@ -249,7 +223,7 @@ impl Run {
             } else {
                 format!("the agent stopped answering after {after}: {e}")
             };
-            SetupError::Server { cause, log: Some(server.log.clone()) }
+            server.failure(cause)
         })
     }
 
@@ -272,10 +246,10 @@ impl Run {
         let server = self.server_mut();
         match server.exit_status() {
             None => Ok(()),
-            Some(status) => Err(SetupError::Server {
-                cause: format!("the server exited during {test} with {}", crate::process::describe(status)),
-                log: Some(server.log.clone()),
-            }),
+            Some(status) => {
+                Err(server
+                    .failure(format!("the server exited during {test} with {}", crate::process::describe(status))))
+            }
         }
     }
 
@@ -306,7 +280,7 @@ impl Run {
             None => report::verdict(&self.tests, &self.leaks, &self.concurrent, hang, false),
         };
         if let Some(e) = &error {
-            setup_failed(e);
+            e.report();
         }
         let report = self.report(verdict, error.as_ref().map(|e| e.to_string()));
         if let (Some(baseline), None) = (&self.baseline, &error) {

@@ -190,6 +190,11 @@ impl Server {
             .collect()
     }
 
+    /// A setup error about this server, with its log for the tail.
+    pub fn failure(&self, cause: String) -> SetupError {
+        SetupError::Server { cause, log: Some(self.log.clone()) }
+    }
+
     /// Whether the server process is still running.
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait()
