@@ -113,7 +113,11 @@ impl Config {
             cmd.manifest_path(path);
         }
         let metadata = cmd.exec()?;
-        let package = select_package(&metadata, server_args.package.package.as_deref())?;
+        let package = select_package(
+            &metadata,
+            server_args.package.package.as_deref(),
+            server_args.package.manifest_path.as_deref(),
+        )?;
 
         let workspace_table = table(&metadata.workspace_metadata, "[workspace.metadata.hangcheck]")?;
         let package_table = table(&package.metadata, "[package.metadata.hangcheck]")?;
@@ -244,7 +248,14 @@ pub fn hangcheck_dir(
     Ok(cmd.exec()?.target_directory.into_std_path_buf().join("hangcheck"))
 }
 
-fn select_package<'m>(metadata: &'m Metadata, spec: Option<&str>) -> Result<&'m Package, SetupError> {
+/// The package to run, as cargo picks it: `-p`, else the package whose manifest is
+/// `--manifest-path` (or the nearest `Cargo.toml` above the current directory), else the
+/// one member configured for hangcheck.
+fn select_package<'m>(
+    metadata: &'m Metadata,
+    spec: Option<&str>,
+    manifest_path: Option<&std::path::Path>,
+) -> Result<&'m Package, SetupError> {
     let members: Vec<&Package> = metadata.workspace_packages();
     if let Some(spec) = spec {
         return members.into_iter().find(|p| p.name.as_str() == spec).ok_or_else(|| {
@@ -254,8 +265,17 @@ fn select_package<'m>(metadata: &'m Metadata, spec: Option<&str>) -> Result<&'m 
             ))
         });
     }
-    if let Some(root) = metadata.root_package() {
-        return Ok(root);
+    let manifest = match manifest_path {
+        Some(path) => Some(path.to_owned()),
+        None => std::env::current_dir()
+            .ok()
+            .and_then(|dir| dir.ancestors().map(|d| d.join("Cargo.toml")).find(|m| m.is_file())),
+    };
+    if let Some(manifest) = manifest.and_then(|m| m.canonicalize().ok()) {
+        let own = members.iter().find(|p| p.manifest_path.as_std_path().canonicalize().is_ok_and(|m| m == manifest));
+        if let Some(own) = own {
+            return Ok(own);
+        }
     }
     let configured: Vec<&Package> = members.iter().copied().filter(|p| p.metadata.get("hangcheck").is_some()).collect();
     match configured.as_slice() {

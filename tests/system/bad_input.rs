@@ -132,3 +132,35 @@ fn malformed_flag_is_a_usage_error() {
     assert_eq!(run.code, 2, "{run}");
     assert!(run.stderr.contains("`soon` is not a duration"), "{run}");
 }
+
+/// Package selection follows cargo: `--manifest-path` of a member, or the member whose
+/// directory the command runs in; at a workspace root with several candidates, no guess.
+#[test]
+fn the_package_is_chosen_as_cargo_chooses_it() {
+    let root = crate::util::workspace_root();
+    let fixture = root.join("tests/fixtures/misbehaving-server");
+    let manifest = fixture.join("Cargo.toml");
+    let by_path = run_runner(
+        &[
+            "hangcheck",
+            "test",
+            "--color",
+            "never",
+            "--stall-threshold",
+            "10s",
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+        ],
+        &std::env::temp_dir(),
+    );
+    assert_eq!(by_path.code, 0, "{by_path}");
+    assert_eq!(by_path.report()["package"], "misbehaving-server");
+
+    let by_cwd = run_runner(&["hangcheck", "test", "--color", "never", "--stall-threshold", "10s"], &fixture);
+    assert_eq!(by_cwd.code, 0, "{by_cwd}");
+    assert_eq!(by_cwd.report()["package"], "misbehaving-server");
+
+    let at_root = run_runner(&["hangcheck", "test", "--color", "never"], &root);
+    assert_eq!(at_root.code, SETUP, "{at_root}");
+    assert!(at_root.error_line().contains("choose one with -p"), "{at_root}");
+}
