@@ -3,7 +3,7 @@
 //! spawn location and judged like named groups; `--stable` sees only named groups and
 //! says so.
 
-use crate::util::{assert_no_process_with, hangcheck_test, marker};
+use crate::util::{assert_no_process_with, hangcheck_test, leaked_by, marker};
 
 fn leak<'a>(report: &'a serde_json::Value, location_prefix: &str) -> &'a serde_json::Value {
     report["leaks"]
@@ -12,15 +12,6 @@ fn leak<'a>(report: &'a serde_json::Value, location_prefix: &str) -> &'a serde_j
         .iter()
         .find(|l| l["group"].as_str().unwrap().starts_with(location_prefix))
         .unwrap_or_else(|| panic!("no leak at {location_prefix}: {:#?}", report["leaks"]))
-}
-
-fn leaked_by(leak: &serde_json::Value) -> Vec<(&str, u64)> {
-    leak["leaked_by"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| (b["test"].as_str().unwrap(), b["count"].as_u64().unwrap()))
-        .collect()
 }
 
 #[test]

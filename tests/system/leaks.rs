@@ -1,6 +1,6 @@
 //! The leak verdict on the waiter-leak example, with the leak on and off.
 
-use crate::util::{assert_no_process_with, hangcheck_test, marker};
+use crate::util::{assert_no_process_with, hangcheck_test, leaked_by, marker};
 
 #[test]
 fn leak_on_names_the_group_its_location_and_exactly_the_tests_that_leaked_it() {
@@ -23,13 +23,7 @@ fn leak_on_names_the_group_its_location_and_exactly_the_tests_that_leaked_it() {
     assert_eq!(leak["group"], "waiter");
     assert_eq!(leak["growth"], 4);
     assert!(leak["location"].as_str().unwrap().starts_with("examples/waiter-leak/src/main.rs:"));
-    let tests: Vec<(&str, u64)> = leak["leaked_by"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| (b["test"].as_str().unwrap(), b["count"].as_u64().unwrap()))
-        .collect();
-    assert_eq!(tests, vec![("e2e::watch_and_leave", 1), ("e2e::watch_three_keys_and_leave", 3)]);
+    assert_eq!(leaked_by(leak), vec![("e2e::watch_and_leave", 1), ("e2e::watch_three_keys_and_leave", 3)]);
     assert!(leak["oldest_age_ms"].as_u64().is_some());
 
     // Every test passed, and each has its settled snapshot on disk.

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::util::{assert_no_process_with, hangcheck_test, marker, target_dir, wait_for, workspace_root};
+use crate::util::{assert_no_process_with, hangcheck_test, leaked_by, marker, target_dir, wait_for, workspace_root};
 
 #[test]
 fn a_second_stream_for_one_session_is_flagged_with_its_hashed_key_and_test() {
@@ -51,13 +51,7 @@ fn a_descriptor_opened_per_request_and_never_closed_is_a_leak_with_its_tests() {
     let leak = &leaks[0];
     assert_eq!((leak["group"].as_str(), leak["kind"].as_str()), (Some("fd:file"), Some("fd")));
     assert_eq!(leak["growth"], 3);
-    let by: Vec<(&str, u64)> = leak["leaked_by"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| (b["test"].as_str().unwrap(), b["count"].as_u64().unwrap()))
-        .collect();
-    assert_eq!(by, vec![("e2e::abandoned_upload", 1), ("e2e::two_abandoned_uploads", 2)]);
+    assert_eq!(leaked_by(leak), vec![("e2e::abandoned_upload", 1), ("e2e::two_abandoned_uploads", 2)]);
     assert!(run.stdout.contains("LEAK open file descriptors fd:file"), "{run}");
     assert_no_process_with(&mark);
 }

@@ -184,3 +184,13 @@ pub fn built_binary(package: &str) -> PathBuf {
     assert!(status.success(), "cargo build -p {package} failed");
     build_dir.join("debug").join(package)
 }
+
+/// A leak's `leaked_by` as (test, count) pairs, in run order.
+pub fn leaked_by(leak: &serde_json::Value) -> Vec<(&str, u64)> {
+    leak["leaked_by"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no leaked_by in {leak:#?}"))
+        .iter()
+        .map(|b| (b["test"].as_str().unwrap(), b["count"].as_u64().unwrap()))
+        .collect()
+}

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! The bug it reproduces (DESIGN.md, problem 2): `WATCH` spawns a waiter task that awaits
-//! the key's notification. When the client disconnects before anyone sets the key, the
+//! the key's next change. When the client disconnects before anyone sets the key, the
 //! waiter waits forever: one leaked task per abandoned watch. Each test leaves a few
 //! behind and nothing in the logs says so.
 //!
@@ -19,18 +19,27 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch};
 
 #[derive(Default)]
 struct Store {
     values: Mutex<HashMap<String, String>>,
-    watchers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// One change signal per watched key.
+    watchers: Mutex<HashMap<String, watch::Sender<()>>>,
 }
 
 impl Store {
-    fn notify_for(&self, key: &str) -> Arc<Notify> {
+    /// A receiver that sees every change of `key` from now on: subscribing in the
+    /// request handler, before answering, means a SET right after the answer is not missed.
+    fn subscribe(&self, key: &str) -> watch::Receiver<()> {
         let mut watchers = self.watchers.lock().unwrap();
-        Arc::clone(watchers.entry(key.to_owned()).or_default())
+        watchers.entry(key.to_owned()).or_insert_with(|| watch::channel(()).0).subscribe()
+    }
+
+    fn changed(&self, key: &str) {
+        if let Some(sender) = self.watchers.lock().unwrap().get(key) {
+            sender.send_replace(());
+        }
     }
 }
 
@@ -90,7 +99,7 @@ fn handle(
         (Some("PING"), None, None) => "PONG".into(),
         (Some("SET"), Some(key), Some(value)) => {
             store.values.lock().unwrap().insert(key.into(), value.into());
-            store.notify_for(key).notify_waiters();
+            store.changed(key);
             "OK".into()
         }
         (Some("GET"), Some(key), None) => match store.values.lock().unwrap().get(key) {
@@ -98,13 +107,15 @@ fn handle(
             None => "NONE".into(),
         },
         (Some("WATCH"), Some(key), None) => {
-            let notify = store.notify_for(key);
+            let mut watch = store.subscribe(key);
             let (store, push, key) = (Arc::clone(store), push.clone(), key.to_owned());
             hangcheck_runtime::spawn("waiter", async move {
-                let changed = notify.notified();
+                let changed = watch.changed();
                 match closed {
                     // The bug: nothing but a SET of this key ever ends this task.
-                    None => changed.await,
+                    None => {
+                        let _ = changed.await;
+                    }
                     Some(mut closed) => tokio::select! {
                         _ = changed => {}
                         _ = closed.changed() => return,
