@@ -286,8 +286,8 @@ impl Run {
         if let (Some(baseline), None) = (&self.baseline, &error) {
             terminal::table(baseline, &self.tests);
             terminal::leaks(&self.leaks, self.built.tokio_unstable);
-            terminal::operations(&self.concurrent, &self.tests, self.last.as_ref());
-            terminal::counters(baseline, &self.tests);
+            terminal::operations(&report.concurrent_ops, &self.tests, &report.slow_ops);
+            terminal::counters(&report.counters);
         }
         terminal::stall_summary(&self.stalls);
         let json = serde_json::to_vec_pretty(&report).unwrap_or_default();

@@ -11,7 +11,7 @@ use anstream::{eprintln, println};
 use anstyle::{AnsiColor, Style};
 use hangcheck_runtime::protocol::Snapshot;
 
-use super::{outcome_name, Report, ShutdownEntry, StallEntry, TestRecord};
+use super::{outcome_name, CounterEntry, Report, ShutdownEntry, SlowOps, StallEntry, TestRecord};
 use crate::analysis::{ConcurrentOps, Leak, MeasureKind};
 use crate::suite::Outcome;
 
@@ -336,7 +336,7 @@ pub fn leaks(leaks: &[Leak], tokio_unstable: bool) {
 }
 
 /// Overlapping operations, slow operations.
-pub fn operations(concurrent: &[ConcurrentOps], tests: &[TestRecord], last: Option<&Snapshot>) {
+pub fn operations(concurrent: &[ConcurrentOps], tests: &[TestRecord], slow: &[SlowOps]) {
     for c in concurrent {
         println!(
             "{RED}CONCURRENT{RED:#} {} operations `{}` in flight at once for key {}, started in {}",
@@ -353,7 +353,7 @@ pub fn operations(concurrent: &[ConcurrentOps], tests: &[TestRecord], last: Opti
     if !lingering.is_empty() {
         println!("{YELLOW}In flight after their test ended{YELLOW:#}: {}", lingering.join(", "));
     }
-    for o in last.map(super::slow_ops).unwrap_or_default() {
+    for o in slow {
         let age =
             o.oldest_age_ms.map(|ms| format!(", oldest {}", seconds(Duration::from_millis(ms)))).unwrap_or_default();
         println!(
@@ -365,8 +365,7 @@ pub fn operations(concurrent: &[ConcurrentOps], tests: &[TestRecord], last: Opti
 
 /// Counters side by side with their per-test rises, as data: no rule is applied, so a
 /// reader compares, say, disconnects with deletes.
-pub fn counters(baseline: &Snapshot, tests: &[TestRecord]) {
-    let entries = super::counters(baseline, tests);
+pub fn counters(entries: &[CounterEntry]) {
     if entries.is_empty() {
         return;
     }
