@@ -84,7 +84,8 @@ impl Listener {
     pub fn try_accept(&self) -> std::io::Result<Option<UnixStream>> {
         match self.listener.accept() {
             Ok((stream, _)) => Ok(Some(stream)),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
+            // Interrupted by a signal (EINTR): nothing was accepted; the caller polls again.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -149,10 +149,20 @@ fn capabilities() -> Vec<String> {
     caps
 }
 
+/// Connects to the runner's socket, again if a signal interrupts the connect (EINTR).
+fn connect(path: &std::ffi::OsStr) -> std::io::Result<UnixStream> {
+    loop {
+        match UnixStream::connect(path) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Connects to the runner, says hello, then answers requests and forwards events until
 /// the runner goes away.
 fn serve(agent: &'static Agent, path: &std::ffi::OsStr, events: Receiver<AgentMessage>) -> Result<(), ProtocolError> {
-    let stream = UnixStream::connect(path)?;
+    let stream = connect(path)?;
     stream.set_read_timeout(Some(POLL_INTERVAL))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);

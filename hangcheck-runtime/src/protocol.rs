@@ -572,7 +572,14 @@ pub fn decode<T: for<'de> Deserialize<'de>>(line: &[u8], limit: usize) -> Result
 /// once a line has been handed back, by [`read_message`].
 pub fn read_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>, limit: usize) -> Result<(), ProtocolError> {
     loop {
-        let available = reader.fill_buf()?;
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            // A stop and continue (SIGSTOP/SIGCONT, a debugger attaching) or any signal
+            // interrupts a socket read that has a timeout, even under SA_RESTART: nothing
+            // was lost, so read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
         if available.is_empty() {
             return Err(ProtocolError::Closed);
         }
@@ -613,7 +620,8 @@ pub fn read_message<R: BufRead, T: for<'de> Deserialize<'de>>(
     }
 }
 
-/// Writes one message and flushes it.
+/// Writes one message and flushes it. `write_all` already retries a write interrupted by
+/// a signal (EINTR), so a stopped-and-continued peer loses nothing here either.
 pub fn write_message<W: Write, T: Serialize>(writer: &mut W, msg: &T) -> Result<(), ProtocolError> {
     writer.write_all(&encode(msg))?;
     writer.flush()?;
@@ -687,5 +695,38 @@ mod tests {
         let mut reader = Cursor::new(Vec::new());
         let err = read_message::<_, RunnerMessage>(&mut reader, &mut Vec::new(), 100).unwrap_err();
         assert!(matches!(err, ProtocolError::Closed));
+    }
+
+    /// A reader that is interrupted by a signal before every chunk it hands out.
+    struct Interrupting {
+        chunks: Vec<&'static [u8]>,
+        interrupt_next: bool,
+    }
+
+    impl std::io::Read for Interrupting {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            self.interrupt_next = !self.interrupt_next;
+            if self.interrupt_next {
+                return Err(std::io::Error::from(std::io::ErrorKind::Interrupted));
+            }
+            let Some(chunk) = self.chunks.first_mut() else { return Ok(0) };
+            let n = chunk.len().min(out.len());
+            out[..n].copy_from_slice(&chunk[..n]);
+            *chunk = &chunk[n..];
+            if chunk.is_empty() {
+                self.chunks.remove(0);
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_read_interrupted_by_a_signal_loses_nothing() {
+        let line = encode(&RunnerMessage::Snapshot { id: 3 });
+        let line: &'static [u8] = Box::leak(line.into_boxed_slice());
+        let (a, b) = line.split_at(5);
+        let mut reader = std::io::BufReader::new(Interrupting { chunks: vec![a, b], interrupt_next: false });
+        let msg: RunnerMessage = read_message(&mut reader, &mut Vec::new(), MAX_RUNNER_MESSAGE).unwrap();
+        assert_eq!(msg, RunnerMessage::Snapshot { id: 3 });
     }
 }

@@ -91,6 +91,12 @@ pub(crate) struct Watchdog {
     /// `None`: switched off (the runner passed 0).
     threshold: Option<Duration>,
     stalls: AtomicU64,
+    /// When the agent last looked ([`now_ns`]), 0 before the first look.
+    last_check: AtomicU64,
+    /// When the agent last came back from a gap longer than the threshold between two
+    /// looks: the whole process was stopped (SIGSTOP, a debugger) or the agent starved.
+    /// Polls are judged from here, not from before the gap, so a pause is never a stall.
+    resumed_at: AtomicU64,
 }
 
 impl Watchdog {
@@ -100,7 +106,7 @@ impl Watchdog {
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(Some(DEFAULT_THRESHOLD), |ms| (ms > 0).then(|| Duration::from_millis(ms)));
-        Watchdog { threshold, stalls: AtomicU64::new(0) }
+        Watchdog { threshold, stalls: AtomicU64::new(0), last_check: AtomicU64::new(0), resumed_at: AtomicU64::new(0) }
     }
 
     /// Stalls detected so far.
@@ -128,13 +134,19 @@ impl Watchdog {
         let workers: Vec<&'static Worker> = WORKERS.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let mut stalls = Vec::new();
         let threshold_ns = threshold.as_nanos() as u64;
+        let now = now_ns();
+        let last = self.last_check.swap(now, Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) > threshold_ns {
+            self.resumed_at.store(now, Ordering::Relaxed);
+        }
+        let resumed_at = self.resumed_at.load(Ordering::Relaxed);
         for w in workers {
             let since = w.busy_since.load(Ordering::Acquire);
             let seq = w.seq.load(Ordering::Relaxed);
             if since == 0 || w.reported_seq.load(Ordering::Relaxed) == seq {
                 continue;
             }
-            if now_ns().saturating_sub(since) < threshold_ns {
+            if now_ns().saturating_sub(since.max(resumed_at)) < threshold_ns {
                 continue;
             }
             // Name the task first: by the time a slow symbolisation is done, the poll may

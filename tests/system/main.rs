@@ -8,4 +8,5 @@ mod every_task;
 mod hangs;
 mod leaks;
 mod lifecycle;
+mod survival;
 mod util;

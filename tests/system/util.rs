@@ -107,10 +107,21 @@ pub fn spawn_runner(args: &[&str]) -> Background {
 }
 
 fn spawn_runner_in(args: &[&str], cwd: &Path) -> Background {
+    spawn_runner_with(args, cwd, &[])
+}
+
+/// Starts `cargo hangcheck ARGS` in the background in the workspace, with `env` added to
+/// the runner's environment (which its tests inherit).
+pub fn spawn_runner_env(args: &[&str], env: &[(&str, &Path)]) -> Background {
+    spawn_runner_with(args, &workspace_root(), env)
+}
+
+fn spawn_runner_with(args: &[&str], cwd: &Path, env: &[(&str, &Path)]) -> Background {
     let dir = tempfile::tempdir().unwrap();
     let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let child = Command::new(env!("CARGO_BIN_EXE_cargo-hangcheck"))
         .args(args)
+        .envs(env.iter().copied())
         .arg("--target-dir")
         .arg(target_dir())
         .current_dir(cwd)
@@ -120,6 +131,23 @@ fn spawn_runner_in(args: &[&str], cwd: &Path) -> Background {
         .spawn()
         .unwrap();
     Background { child, stdout, stderr, _dir: dir }
+}
+
+impl Background {
+    /// Waits (bounded) until `cond` holds while the runner is still running; fails with
+    /// what it printed if it exits first.
+    pub fn wait_while_running(&mut self, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + RUN_CAP;
+        while !cond() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+                let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+                panic!("the runner exited ({status}) before {what}\n--- stdout\n{out}\n--- stderr\n{err}");
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// Waits (bounded) until `cond` holds.
