@@ -30,6 +30,7 @@ const TICK: Duration = Duration::from_millis(50);
 /// Runs `cargo hangcheck run` and returns the exit code.
 pub fn run(args: &ServerArgs) -> i32 {
     let signals = Signals::install();
+    crate::leftovers::become_subreaper();
     match live(args, &signals) {
         Ok(code) => code,
         Err(e) => e.report(),
@@ -98,6 +99,10 @@ fn live(args: &ServerArgs, signals: &Signals) -> Result<i32, SetupError> {
             &[],
         );
         code = exit::HANG;
+    }
+    let found = crate::leftovers::find(&[], |_| true);
+    for l in crate::leftovers::end(found, "the server", &run_dir, "end") {
+        terminal::warn(format!("LEFTOVER process {} `{}` started by {}: {}", l.pid, l.command, l.started_by, l.ended));
     }
     Ok(code)
 }

@@ -14,6 +14,7 @@ mod cli;
 mod config;
 mod errors;
 mod exit;
+mod leftovers;
 mod link;
 mod live;
 mod ondemand;

@@ -51,9 +51,28 @@ pub enum Termination {
 }
 
 impl GroupChild {
-    /// Spawns `cmd` as the leader of a new process group.
+    /// Spawns `cmd` as the leader of a new process group, to be SIGKILLed by the kernel
+    /// if the runner dies (`PR_SET_PDEATHSIG`), even by SIGKILL.
+    ///
+    /// The kernel sends that signal when the *thread* that forked the child exits, so
+    /// children are spawned only from the run's main thread, which lives as long as the
+    /// run.
     pub fn spawn(cmd: &mut Command) -> io::Result<GroupChild> {
         use std::os::unix::process::CommandExt;
+        let runner = nix::unistd::getpid();
+        // SAFETY: the closure runs in the forked child before exec and makes only
+        // async-signal-safe calls (prctl, getppid): no allocation, no lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+                // The runner may have died between fork and prctl: then nobody would
+                // send the signal, so do not start at all.
+                if nix::unistd::getppid() != runner {
+                    return Err(io::Error::from(nix::errno::Errno::ESRCH));
+                }
+                Ok(())
+            });
+        }
         let child = cmd.process_group(0).spawn()?;
         let pgid = Pid::from_raw(child.id() as i32);
         Ok(GroupChild { child, pgid, status: None })

@@ -20,6 +20,7 @@ use crate::build::{self, Built};
 use crate::cli::TestArgs;
 use crate::config::Config;
 use crate::errors::SetupError;
+use crate::leftovers::{self, Leftover};
 use crate::ondemand;
 use crate::report::{self, terminal, Report, ShutdownEntry, StallEntry, Survivor, TestRecord, Verdict};
 use crate::rundir::{Evidence, RunDir};
@@ -31,6 +32,7 @@ use crate::suite::{self, Outcome, Probe, TestCase};
 /// Runs `cargo hangcheck test` and returns the exit code.
 pub fn test(args: &TestArgs) -> i32 {
     let signals = Signals::install();
+    leftovers::become_subreaper();
     let config = match Config::resolve(args) {
         Ok(c) => c,
         Err(e) => return e.report(),
@@ -71,6 +73,7 @@ struct Run {
     concurrent: Vec<ConcurrentOps>,
     shutdown: ShutdownEntry,
     protocol_errors: Vec<String>,
+    leftovers: Vec<Leftover>,
 }
 
 impl Run {
@@ -90,6 +93,7 @@ impl Run {
             concurrent: Vec::new(),
             shutdown: ShutdownEntry::not_reached(),
             protocol_errors: Vec::new(),
+            leftovers: Vec::new(),
         }
     }
 
@@ -161,6 +165,8 @@ impl Run {
             ServerProbe { server, run_dir: &self.run_dir, signals: &self.signals, stacks_source: None, last_asked };
         let run = suite::run(case, &self.config, &env, &self.run_dir, &self.signals, &mut probe);
         let stacks_source = probe.stacks_source;
+        let found = leftovers::find(&[server.child.pid()], |who| who == id);
+        self.end_leftovers(found, &id, &format!("after-{id}"));
         self.take_events(Some(&id));
         let mut record = TestRecord {
             case: case.clone(),
@@ -242,6 +248,22 @@ impl Run {
         }
     }
 
+    /// Reports and ends processes of the run still alive after `after`.
+    fn end_leftovers(&mut self, found: Vec<(u32, String, String)>, after: &str, label: &str) {
+        for l in leftovers::end(found, after, &self.run_dir, label) {
+            terminal::warn(format!(
+                "LEFTOVER process {} `{}` started by {} was still running after {}; {} ({})",
+                l.pid,
+                l.command,
+                l.started_by,
+                after,
+                l.ended,
+                self.run_dir.join(format!("leftovers/{label}.txt")).display()
+            ));
+            self.leftovers.push(l);
+        }
+    }
+
     fn check_server_alive(&mut self, test: &str) -> Result<(), SetupError> {
         let server = self.server_mut();
         match server.exit_status() {
@@ -265,6 +287,8 @@ impl Run {
     fn finish(mut self, result: Result<(), SetupError>) -> i32 {
         let mut error = result.err();
         self.stop_server();
+        let found = leftovers::find(&[], |_| true);
+        self.end_leftovers(found, "the end of the run", "end");
         self.take_events(None);
         if error.is_none() && self.signals.interrupted() {
             error = Some(SetupError::Interrupted);
@@ -277,7 +301,11 @@ impl Run {
             // A run that ended because something hung reports the hang.
             Some(_) if hang => Verdict::Hang,
             Some(_) => Verdict::SetupError,
-            None => report::verdict(&self.tests, &self.leaks, &self.concurrent, hang, false),
+            None => match report::verdict(&self.tests, &self.leaks, &self.concurrent, hang, false) {
+                // A process left running is a leak too.
+                Verdict::Ok if !self.leftovers.is_empty() => Verdict::Leaks,
+                v => v,
+            },
         };
         if let Some(e) = &error {
             e.report();
@@ -366,6 +394,7 @@ impl Run {
             stalls: self.stalls.clone(),
             shutdown: self.shutdown.clone(),
             protocol_errors: self.protocol_errors.clone(),
+            leftover_processes: self.leftovers.clone(),
         }
     }
 }

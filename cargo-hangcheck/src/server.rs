@@ -92,6 +92,7 @@ impl Server {
         cmd.args(&config.server_args)
             .envs(config.server_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(SOCKET_ENV, listener.path())
+            .env(crate::leftovers::STARTED_BY_ENV, crate::leftovers::SERVER)
             .env(STALL_THRESHOLD_ENV, config.stall_threshold.as_millis().to_string())
             .env(POLL_STATS_ENV, if config.poll_stats { "1" } else { "0" })
             .current_dir(&config.package_dir)

@@ -137,6 +137,7 @@ pub fn run(
     cmd.args([case.name.as_str(), "--exact", "--nocapture", "--test-threads", "1"])
         .current_dir(&config.package_dir)
         .env("CARGO_MANIFEST_DIR", &config.package_dir)
+        .env(crate::leftovers::STARTED_BY_ENV, case.id())
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(log_file)

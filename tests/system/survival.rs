@@ -5,34 +5,30 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{assert_no_process_with, marker, spawn_runner_env, Background};
+use crate::util::{assert_no_process_with, marker, spawn_runner_env, test_args, Background};
+
+const LEAKS: i32 = 5;
 
 /// Runs the survivor fixture's `greets` and `waits_for_go` (plus `extra` filters), and
 /// calls `meddle` with the server's pid while `waits_for_go` runs; returns the finished
 /// run.
 fn meddle_mid_test(mark: &str, meddle: impl FnOnce(u32)) -> crate::util::Run {
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "hangcheck",
-        "test",
-        "--color",
-        "never",
-        "--stall-threshold",
-        "10s",
-        "-p",
-        "survivor",
-        "--server-env",
-        mark,
-        "greets",
-        "waits_for_go",
-    ];
-    let mut runner: Background = spawn_runner_env(&args, &[("SURVIVOR_DIR", dir.path())]);
-    let running = dir.path().join("running");
-    runner.wait_while_running("the test to start", || running.exists());
-    let pid: u32 = read_pid(&running);
+    let runner = start_waiting(mark, dir.path());
+    let pid: u32 = read_pid(&dir.path().join("running"));
     meddle(pid);
     std::fs::write(dir.path().join("go"), "").unwrap();
     runner.wait()
+}
+
+/// Starts the survivor fixture's `greets` and `waits_for_go` with `dir` as its
+/// `SURVIVOR_DIR`, and returns once `waits_for_go` runs.
+fn start_waiting(mark: &str, dir: &Path) -> Background {
+    let args = test_args(&["-p", "survivor", "--server-env", mark, "greets", "waits_for_go"]);
+    let mut runner = spawn_runner_env(&args, &[("SURVIVOR_DIR", dir.to_str().unwrap())]);
+    let running = dir.join("running");
+    runner.wait_while_running("the test to start", || running.exists());
+    runner
 }
 
 fn read_pid(path: &Path) -> u32 {
@@ -45,6 +41,13 @@ fn read_pid(path: &Path) -> u32 {
         assert!(Instant::now() < deadline, "no pid in {}", path.display());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The agent socket the runner handed to the server `pid`.
+fn socket_of(pid: u32) -> std::path::PathBuf {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let var = environ.split(|&b| b == 0).find_map(|v| v.strip_prefix(b"HANGCHECK_SOCKET=")).expect("HANGCHECK_SOCKET");
+    std::path::PathBuf::from(String::from_utf8(var.to_vec()).unwrap())
 }
 
 fn kill(signal: &str, pid: u32) {
@@ -68,13 +71,17 @@ fn assert_all_passed(run: &crate::util::Run, expected: &[&str]) {
 #[test]
 fn a_server_stopped_for_a_second_and_continued_mid_test_loses_nothing() {
     let mark = marker("sigstop");
+    let mut socket = None;
     let run = meddle_mid_test(&mark, |pid| {
+        socket = Some(socket_of(pid));
         kill("-STOP", pid);
         std::thread::sleep(Duration::from_secs(1));
         kill("-CONT", pid);
     });
     assert_eq!(run.code, 0, "{run}");
     assert_all_passed(&run, &["e2e::greets", "e2e::waits_for_go"]);
+    let socket_dir = socket.unwrap().parent().unwrap().to_owned();
+    assert!(!socket_dir.exists(), "the socket directory {} is removed at the end", socket_dir.display());
     assert_no_process_with(&mark);
 }
 
@@ -92,5 +99,69 @@ fn a_debugger_attaching_and_detaching_mid_test_loses_nothing() {
     });
     assert_eq!(run.code, 0, "{run}");
     assert_all_passed(&run, &["e2e::greets", "e2e::waits_for_go"]);
+    assert_no_process_with(&mark);
+}
+
+/// Whether `pid` is gone: no such process, or a zombie waiting to be reaped.
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().unwrap_or("").trim_start().starts_with(['Z', 'X']),
+        Err(_) => true,
+    }
+}
+
+#[test]
+fn processes_detached_by_a_test_or_the_server_are_reported_and_ended() {
+    let mark = marker("setsid");
+    let (key, value) = mark.split_once('=').unwrap();
+    let args = test_args(&["-p", "survivor", "--server-env", "SURVIVOR_SETSID=1", "leaves_setsid_sleep"]);
+    // The marker is in the runner's environment, so every process of the run has it.
+    let run = spawn_runner_env(&args, &[(key, value)]).wait();
+    assert_eq!(run.code, LEAKS, "a process left running is a leak\n{run}");
+    let report = run.report();
+    let leftovers = report["leftover_processes"].as_array().unwrap();
+    let find = |who: &str| {
+        leftovers
+            .iter()
+            .find(|l| l["started_by"] == who)
+            .unwrap_or_else(|| panic!("no leftover started by {who}: {leftovers:#?}"))
+    };
+    let by_test = find("e2e::leaves_setsid_sleep");
+    // Caught before or after `setsid` exec'd `sleep`: either command line is right.
+    assert!(by_test["command"].as_str().unwrap().ends_with("sleep 300"), "{by_test:#?}");
+    assert_eq!(by_test["found_after"], "e2e::leaves_setsid_sleep", "found right after its test");
+    assert_eq!(by_test["ended"], "terminated");
+    let by_server = find("server");
+    assert!(by_server["command"].as_str().unwrap().ends_with("sleep 300"), "{by_server:#?}");
+    assert_eq!(by_server["found_after"], "the end of the run");
+    assert!(run.stdout.contains("LEFTOVER process") || run.stderr.contains("LEFTOVER process"), "{run}");
+    let text = std::fs::read_to_string(run.run_dir().join("leftovers/after-e2e::leaves_setsid_sleep.txt")).unwrap();
+    assert!(text.contains("started by e2e::leaves_setsid_sleep: "), "{text}");
+    for l in leftovers {
+        assert!(gone(l["pid"].as_u64().unwrap() as u32), "{l:#?} still runs");
+    }
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn the_server_and_the_running_test_die_with_a_sigkilled_runner() {
+    let mark = marker("runner-sigkill");
+    let dir = tempfile::tempdir().unwrap();
+    let mut runner = start_waiting(&mark, dir.path());
+    let server = read_pid(&dir.path().join("running"));
+    let test = read_pid(&dir.path().join("test.pid"));
+    runner.child.kill().unwrap();
+    let _ = runner.child.wait();
+    // The kernel ends both (PR_SET_PDEATHSIG); the bound is generous for a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(gone(server) && gone(test)) {
+        assert!(
+            Instant::now() < deadline,
+            "still running 5 s after the runner was SIGKILLed: server {server} gone {}, test {test} gone {}",
+            gone(server),
+            gone(test)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_no_process_with(&mark);
 }

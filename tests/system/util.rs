@@ -58,12 +58,17 @@ impl Run {
 /// parallel on small machines, where a starved worker can spend 250 ms in an ordinary
 /// poll, and only the stall tests are about stalls.
 pub fn hangcheck_test(args: &[&str]) -> Run {
+    run_runner(&test_args(args), &workspace_root())
+}
+
+/// `hangcheck test --color never ARGS`, with the stall threshold of [`hangcheck_test`].
+pub fn test_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut all = vec!["hangcheck", "test", "--color", "never"];
     if !args.contains(&"--stall-threshold") {
         all.extend_from_slice(&["--stall-threshold", "10s"]);
     }
     all.extend_from_slice(args);
-    run_runner(&all, &workspace_root())
+    all
 }
 
 /// A runner started in the background; killed (with its process group's children torn
@@ -112,11 +117,11 @@ fn spawn_runner_in(args: &[&str], cwd: &Path) -> Background {
 
 /// Starts `cargo hangcheck ARGS` in the background in the workspace, with `env` added to
 /// the runner's environment (which its tests inherit).
-pub fn spawn_runner_env(args: &[&str], env: &[(&str, &Path)]) -> Background {
+pub fn spawn_runner_env(args: &[&str], env: &[(&str, &str)]) -> Background {
     spawn_runner_with(args, &workspace_root(), env)
 }
 
-fn spawn_runner_with(args: &[&str], cwd: &Path, env: &[(&str, &Path)]) -> Background {
+fn spawn_runner_with(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Background {
     let dir = tempfile::tempdir().unwrap();
     let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let child = Command::new(env!("CARGO_BIN_EXE_cargo-hangcheck"))

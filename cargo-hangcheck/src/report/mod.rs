@@ -115,6 +115,9 @@ pub struct Report {
     pub shutdown: ShutdownEntry,
     /// Malformed messages from the agent, if any.
     pub protocol_errors: Vec<String>,
+    /// Processes of the run still alive after their test or after the server, each
+    /// reported and then ended.
+    pub leftover_processes: Vec<crate::leftovers::Leftover>,
 }
 
 /// The server's part of the report.
