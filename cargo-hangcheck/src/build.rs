@@ -10,11 +10,15 @@
 use std::io::BufReader;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use cargo_metadata::{Artifact, Message, TargetKind};
 
 use crate::config::Config;
 use crate::errors::SetupError;
+use crate::process::{GroupChild, Wait, INTERRUPTED_GRACE};
+use crate::rundir::Evidence;
+use crate::signal::Signals;
 
 /// The executables of a run.
 #[derive(Debug, Clone)]
@@ -30,19 +34,19 @@ pub struct Built {
 /// Builds the server and the test targets. One cargo invocation does both when there are
 /// test targets: building integration tests makes cargo build the package's bins too, and
 /// every cargo start costs a noticeable part of a short suite's wall time.
-pub fn build(config: &Config) -> Result<Built, SetupError> {
+pub fn build(config: &Config, signals: &Signals) -> Result<Built, SetupError> {
     let tokio_unstable = !config.build.stable;
     let artifacts = if config.test_targets.is_empty() {
         let mut build = cargo(config, "build", tokio_unstable);
         build.args(["--bin", &config.server_bin]);
-        run(build, &format!("building the server `{}`", config.server_bin))?
+        run(build, &format!("building the server `{}`", config.server_bin), signals)?
     } else {
         let mut test = cargo(config, "test", tokio_unstable);
         test.arg("--no-run");
         for t in &config.test_targets {
             test.args(["--test", t]);
         }
-        run(test, &format!("building the server `{}` and the tests", config.server_bin))?
+        run(test, &format!("building the server `{}` and the tests", config.server_bin), signals)?
     };
     let server = artifacts
         .iter()
@@ -104,19 +108,47 @@ fn cargo(config: &Config, verb: &str, tokio_unstable: bool) -> Command {
     cmd
 }
 
-fn run(mut cmd: Command, what: &str) -> Result<Vec<Artifact>, SetupError> {
-    let mut child = cmd.spawn().map_err(SetupError::io(format!("cannot run cargo for {what}")))?;
-    let mut artifacts = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        for message in Message::parse_stream(BufReader::new(stdout)).flatten() {
-            if let Message::CompilerArtifact(a) = message {
-                artifacts.push(a);
+/// Runs cargo in its own process group and reads its messages on a helper thread, so
+/// that a Ctrl-C or SIGTERM to the runner stops the build at once (cargo and whatever it
+/// runs get SIGTERM, then SIGKILL) instead of waiting for it to finish.
+fn run(mut cmd: Command, what: &str, signals: &Signals) -> Result<Vec<Artifact>, SetupError> {
+    let mut child = GroupChild::spawn(&mut cmd).map_err(SetupError::io(format!("cannot run cargo for {what}")))?;
+    let stdout = child.take_stdout();
+    let reader = std::thread::Builder::new()
+        .name("cargo-messages".into())
+        .spawn(move || {
+            let mut artifacts = Vec::new();
+            for message in stdout.into_iter().flat_map(|out| Message::parse_stream(BufReader::new(out))).flatten() {
+                if let Message::CompilerArtifact(a) = message {
+                    artifacts.push(a);
+                }
             }
+            artifacts
+        })
+        .map_err(SetupError::io("cannot start a thread to read cargo's messages"))?;
+    // A build has no time limit of its own: a cold one may take many minutes.
+    let status = match child.wait_until(Instant::now() + BUILD_CAP, signals) {
+        Wait::Exited(status) => status,
+        Wait::Interrupted => {
+            child.terminate(Evidence::none("a build holds no evidence"), INTERRUPTED_GRACE);
+            return Err(SetupError::Interrupted);
         }
+        Wait::TimedOut => {
+            child.terminate(Evidence::none("a build holds no evidence"), INTERRUPTED_GRACE);
+            return Err(SetupError::Build { what: what.to_owned(), status: format!("no end after {BUILD_CAP:?}") });
+        }
+    };
+    // cargo has exited, so its stdout is closed and the reader ends.
+    let artifacts = reader.join().unwrap_or_default();
+    if signals.interrupted() {
+        // A Ctrl-C at the terminal reaches cargo too; its failure is the interrupt's.
+        return Err(SetupError::Interrupted);
     }
-    let status = child.wait().map_err(SetupError::io(format!("waiting for cargo ({what})")))?;
     if !status.success() {
         return Err(SetupError::Build { what: what.to_owned(), status: crate::process::describe(status) });
     }
     Ok(artifacts)
 }
+
+/// The longest a build may take before it is a setup error rather than a wait forever.
+const BUILD_CAP: Duration = Duration::from_secs(3600);

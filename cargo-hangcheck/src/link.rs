@@ -52,6 +52,9 @@ pub enum LinkError {
     Send(#[from] ProtocolError),
 }
 
+/// How often the wait for hello looks at the deadline and at Ctrl-C.
+const HELLO_POLL: Duration = Duration::from_millis(50);
+
 /// A listening socket in a fresh private directory, removed when dropped.
 pub struct Listener {
     listener: UnixListener,
@@ -106,20 +109,29 @@ impl AgentLink {
     pub fn handshake(
         stream: UnixStream,
         deadline: Instant,
+        interrupted: impl Fn() -> bool,
         mut on_stall: impl FnMut(&Stall) -> Option<PathBuf> + Send + 'static,
     ) -> Result<(AgentLink, Hello), String> {
         stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        stream.set_read_timeout(Some(remaining)).map_err(|e| e.to_string())?;
+        // Short reads, so that a Ctrl-C while the hello is awaited is seen at once; a
+        // partial line stays in `buf` across them.
+        stream.set_read_timeout(Some(HELLO_POLL)).map_err(|e| e.to_string())?;
         let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
         let mut buf = Vec::new();
-        let hello = match protocol::read_message::<_, AgentMessage>(&mut reader, &mut buf, MAX_AGENT_MESSAGE) {
-            Ok(AgentMessage::Hello(hello)) => hello,
-            Ok(other) => return Err(format!("the agent's first message was not hello: {other:?}")),
-            Err(ProtocolError::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err("the agent connected but never said hello".into())
+        let hello = loop {
+            match protocol::read_message::<_, AgentMessage>(&mut reader, &mut buf, MAX_AGENT_MESSAGE) {
+                Ok(AgentMessage::Hello(hello)) => break hello,
+                Ok(other) => return Err(format!("the agent's first message was not hello: {other:?}")),
+                Err(ProtocolError::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if interrupted() {
+                        return Err("interrupted while waiting for the agent's hello".into());
+                    }
+                    if Instant::now() >= deadline {
+                        return Err("the agent connected but never said hello".into());
+                    }
+                }
+                Err(e) => return Err(format!("bad hello from the agent: {e}")),
             }
-            Err(e) => return Err(format!("bad hello from the agent: {e}")),
         };
         stream.set_read_timeout(None).map_err(|e| e.to_string())?;
         let (answer_tx, answers) = mpsc::channel();

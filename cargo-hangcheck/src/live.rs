@@ -41,7 +41,7 @@ fn live(args: &ServerArgs, signals: &Signals) -> Result<i32, SetupError> {
     let mut config = Config::resolve_live(args)?;
     config.test_targets.clear();
     terminal::status("Building", format!("{} (server `{}`)", config.package, config.server_bin));
-    let built = build::build(&config)?;
+    let built = build::build(&config, signals)?;
     let run_dir = RunDir::create(&config.hangcheck_dir.join("runs"))
         .map_err(SetupError::io("cannot create the run directory"))?;
     let _marker = ondemand::announce_runner(&run_dir, &config.package);

@@ -21,6 +21,10 @@ use crate::signal::Signals;
 /// How often bounded waits look at the child.
 const POLL: Duration = Duration::from_millis(5);
 
+/// The grace period left to a child after Ctrl-C: short, so that the run ends within
+/// about a second, yet enough for a well-behaved process to exit on SIGTERM.
+pub const INTERRUPTED_GRACE: Duration = Duration::from_millis(500);
+
 /// A child process that leads its own process group.
 pub struct GroupChild {
     child: Child,
@@ -83,6 +87,11 @@ impl GroupChild {
         self.child.id()
     }
 
+    /// The child's standard output, when it was piped (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     /// The exit status, if the child has exited (reaping it).
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
@@ -129,11 +138,22 @@ impl GroupChild {
         }
         if !grace.is_zero() {
             self.signal_group(Signal::SIGTERM);
-            let deadline = Instant::now() + grace;
+            let signals = Signals::installed();
+            let interrupts = signals.interrupts();
+            let mut deadline = Instant::now() + grace;
             while Instant::now() < deadline {
                 if let Some(status) = self.try_wait() {
                     self.signal_group(Signal::SIGKILL);
                     return Termination::Terminated(status);
+                }
+                // Ctrl-C during the grace: the first one shortens it, so that the run
+                // ends within about a second; a second one skips what is left of it.
+                let now = signals.interrupts();
+                if now > interrupts {
+                    if now >= 2 {
+                        break;
+                    }
+                    deadline = deadline.min(Instant::now() + INTERRUPTED_GRACE);
                 }
                 std::thread::sleep(POLL);
             }

@@ -41,7 +41,7 @@ pub fn test(args: &TestArgs) -> i32 {
         "Building",
         format!("{} (server `{}`, tests {})", config.package, config.server_bin, config.test_targets.join(", ")),
     );
-    let built = match build::build(&config) {
+    let built = match build::build(&config, &signals) {
         Ok(b) => b,
         Err(e) => return e.report(),
     };
@@ -334,7 +334,8 @@ impl Run {
     /// before it is SIGKILLed.
     fn stop_server(&mut self) {
         let Some(server) = self.server.as_mut() else { return };
-        let grace = if self.signals.interrupted() { Duration::from_millis(500) } else { self.config.shutdown_grace };
+        let grace =
+            if self.signals.interrupted() { crate::process::INTERRUPTED_GRACE } else { self.config.shutdown_grace };
         let run_dir = &self.run_dir;
         let mut taken = None;
         let stop = server.stop(grace, |link, pid| {

@@ -126,7 +126,13 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        let (link, hello) = AgentLink::handshake(stream, deadline, stall_writer(run_dir.clone())).map_err(fail)?;
+        let interrupted = || signals.interrupted();
+        let handshake = AgentLink::handshake(stream, deadline, interrupted, stall_writer(run_dir.clone()));
+        let (link, hello) = match handshake {
+            Ok(pair) => pair,
+            Err(_) if signals.interrupted() => return Err(SetupError::Interrupted),
+            Err(e) => return Err(fail(e)),
+        };
         let mut addrs: BTreeMap<String, String> =
             hello.announced.iter().map(|a| (a.name.clone(), a.addr.clone())).collect();
 

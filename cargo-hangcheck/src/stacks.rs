@@ -71,13 +71,19 @@ fn gdb(pid: u32, run_dir: &RunDir) -> Result<String, String> {
         std::io::ErrorKind::NotFound => "gdb is not installed (apt-get install gdb)".to_owned(),
         _ => format!("cannot run gdb: {e}"),
     })?;
-    let outcome = child.wait_until(Instant::now() + GDB_TIMEOUT, &Signals::default());
+    // A Ctrl-C from now on cuts gdb short (one before it started does not: this is the
+    // evidence of a run that is being torn down).
+    let outcome = child.wait_until(Instant::now() + GDB_TIMEOUT, &Signals::installed().since_now());
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let _ = std::fs::remove_file(&path);
     match outcome {
         Wait::Exited(_) if text.contains("Thread ") || text.contains("#0 ") => Ok(text),
         Wait::Exited(status) => Err(format!("gdb exited with {}: {}", crate::process::describe(status), text.trim())),
-        Wait::TimedOut | Wait::Interrupted => Err(format!("gdb did not finish within {GDB_TIMEOUT:?}")),
+        Wait::TimedOut => Err(format!("gdb did not finish within {GDB_TIMEOUT:?}")),
+        Wait::Interrupted => {
+            child.terminate(Evidence::none("gdb itself holds no evidence"), Duration::ZERO);
+            Err("interrupted (Ctrl-C) while gdb was attaching".to_owned())
+        }
     }
 }
 

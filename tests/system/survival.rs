@@ -165,3 +165,25 @@ fn the_server_and_the_running_test_die_with_a_sigkilled_runner() {
     }
     assert_no_process_with(&mark);
 }
+
+#[test]
+fn ctrl_c_during_the_build_stops_cargo_and_exits_130() {
+    let mark = marker("ctrl-c-build");
+    let (key, value) = mark.split_once('=').unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = test_args(&["-p", "slow-build"]);
+    // Both reach the build script through the runner and cargo.
+    let env = [(key, value), ("SLOW_BUILD_DIR", dir.path().to_str().unwrap())];
+    let mut runner = spawn_runner_env(&args, &env);
+    let building = dir.path().join("building");
+    runner.wait_while_running("the build script to run", || building.exists());
+    let script = read_pid(&building);
+    kill("-INT", runner.child.id());
+    // The script would sleep ten minutes, past the runner's cap in `wait`: only a build
+    // that is stopped on Ctrl-C ends before.
+    let run = runner.wait();
+    assert_eq!(run.code, 130, "{run}");
+    assert!(run.stderr.contains("interrupted"), "{run}");
+    assert!(gone(script), "the build script (a child of cargo) was stopped too");
+    assert_no_process_with(&mark);
+}
