@@ -31,6 +31,9 @@ pub enum LinkEvent {
     },
     /// The agent sent something that was not a valid message.
     ProtocolError(String),
+    /// The server announced an address no test can be given (see
+    /// [`Announcement::check`]): the server's fault, fatal to the run.
+    BadAnnouncement(String),
     /// The connection ended.
     Closed,
 }
@@ -83,15 +86,64 @@ impl Listener {
         &self.path
     }
 
-    /// Accepts one connection if there is one waiting.
-    pub fn try_accept(&self) -> std::io::Result<Option<UnixStream>> {
+    /// Accepts one connection if there is one waiting, with the peer's credentials
+    /// (`SO_PEERCRED`: pid and uid of the process that connected).
+    pub fn try_accept(&self) -> std::io::Result<Option<(UnixStream, Peer)>> {
         match self.listener.accept() {
-            Ok((stream, _)) => Ok(Some(stream)),
+            Ok((stream, _)) => {
+                let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                    .map_err(std::io::Error::from)?;
+                Ok(Some((stream, Peer { pid: cred.pid() as u32, uid: cred.uid() })))
+            }
             // Interrupted by a signal (EINTR): nothing was accepted; the caller polls again.
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(None),
             Err(e) => Err(e),
         }
     }
+}
+
+/// Who connected to the socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The connecting process.
+    pub pid: u32,
+    /// Its user.
+    pub uid: u32,
+}
+
+impl Peer {
+    /// Why this peer is not the server's agent, if it is not: only the server process or
+    /// one of its descendants, of the runner's own user, may speak for the server.
+    pub fn refusal(&self, server: u32) -> Option<String> {
+        let me = nix::unistd::getuid().as_raw();
+        let command = std::fs::read_to_string(format!("/proc/{}/comm", self.pid)).unwrap_or_default();
+        let who = format!("pid {} ({}), uid {}", self.pid, command.trim(), self.uid);
+        if self.uid != me {
+            Some(format!("refused a connection to the agent socket from {who}: not the runner's user (uid {me})"))
+        } else if !descends_from(self.pid, server) {
+            Some(format!("refused a connection to the agent socket from {who}: not the server (pid {server}) nor one of its descendants"))
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether `pid` is `ancestor` or one of its descendants, by the parent chain in /proc.
+fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let mut pid = pid;
+    // Bounded: a chain of parents is short, and a loop in a racing /proc cannot trap us.
+    for _ in 0..64 {
+        if pid == ancestor {
+            return true;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        match parent {
+            Some(p) if p > 1 => pid = p,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// A connection to the agent after a successful hello.
@@ -141,7 +193,10 @@ impl AgentLink {
             .spawn(move || loop {
                 match protocol::read_message::<_, AgentMessage>(&mut reader, &mut buf, MAX_AGENT_MESSAGE) {
                     Ok(AgentMessage::Announce(a)) => {
-                        let _ = event_tx.send(LinkEvent::Announce(a));
+                        let _ = event_tx.send(match a.check() {
+                            Ok(()) => LinkEvent::Announce(a),
+                            Err(why) => LinkEvent::BadAnnouncement(why),
+                        });
                     }
                     Ok(AgentMessage::Stall(stall)) => {
                         let file = on_stall(&stall);

@@ -47,7 +47,7 @@ fn live(args: &ServerArgs, signals: &Signals) -> Result<i32, SetupError> {
     let _marker = ondemand::announce_runner(&run_dir, &config.package);
     let mut server = Server::start(&config, &built, &run_dir, signals)?;
     terminal::status("Ready", format!("pid {}, run directory {}", server.child.pid(), run_dir.path().display()));
-    for (name, value) in server.test_env() {
+    for (name, value) in server.test_env()? {
         println!("{name}={value}");
     }
     let first = server.link.snapshot(SNAPSHOT_TIMEOUT);

@@ -153,12 +153,14 @@ impl Run {
     /// Runs one test in epoch `epoch`, then settles and snapshots.
     fn run_one(&mut self, case: &TestCase, epoch: u64) -> Result<TestRecord, SetupError> {
         let id = case.id();
+        // Announcements (and stalls) since the last test, before its environment is made.
+        self.take_events(None);
         let server = self.server.as_mut().expect("the server is started before any test");
         server
             .link
             .set_epoch(epoch, SNAPSHOT_TIMEOUT)
             .map_err(|e| server.failure(format!("the agent stopped answering before {id}: {e}")))?;
-        let mut env = server.test_env();
+        let mut env = server.test_env()?;
         env.push(("HANGCHECK_SERVER_PID".to_owned(), server.child.pid().to_string()));
         let last_asked = self.last.clone().unwrap_or_default();
         let mut probe =

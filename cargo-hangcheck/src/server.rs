@@ -38,7 +38,10 @@ pub struct Server {
     pub log: std::path::PathBuf,
     /// Events that arrived while waiting for readiness.
     early: Events,
-    _listener: Listener,
+    /// The first malformed announcement after start-up: the run cannot go on.
+    bad_announcement: Option<String>,
+    /// Kept open for the server's lifetime; anyone else who connects is refused.
+    listener: Listener,
 }
 
 /// What the agent sent on its own between two looks.
@@ -106,9 +109,15 @@ impl Server {
 
         let deadline = Instant::now() + config.startup_timeout;
         let fail = |cause: String| SetupError::Server { cause, log: Some(log.clone()) };
+        let mut early = Events::default();
         let stream = loop {
             match listener.try_accept() {
-                Ok(Some(stream)) => break stream,
+                Ok(Some((stream, peer))) => match peer.refusal(child.pid()) {
+                    None => break stream,
+                    // Dropping the stream closes it: the intruder learns nothing, and
+                    // the run waits on for the server.
+                    Some(why) => early.protocol_errors.push(why),
+                },
                 Ok(None) => {}
                 Err(e) => return Err(fail(format!("cannot accept the agent's connection: {e}"))),
             }
@@ -133,10 +142,12 @@ impl Server {
             Err(_) if signals.interrupted() => return Err(SetupError::Interrupted),
             Err(e) => return Err(fail(e)),
         };
+        if let Some(why) = hello.announced.iter().find_map(|a| a.check().err()) {
+            return Err(fail(format!("protocol error: the server's hello is malformed: {why}")));
+        }
         let mut addrs: BTreeMap<String, String> =
             hello.announced.iter().map(|a| (a.name.clone(), a.addr.clone())).collect();
 
-        let mut early = Events::default();
         if config.ready == Ready::Announce {
             while addrs.is_empty() {
                 match link.next_event(Duration::from_millis(10)) {
@@ -152,6 +163,9 @@ impl Server {
                     }
                     Some(LinkEvent::ProtocolError(e)) => {
                         return Err(fail(format!("the agent sent a bad message: {e}")))
+                    }
+                    Some(LinkEvent::BadAnnouncement(why)) => {
+                        return Err(fail(format!("protocol error: the server announced a malformed address: {why}")))
                     }
                     None => {}
                 }
@@ -169,13 +183,24 @@ impl Server {
                 }
             }
         }
-        Ok(Server { child, link, hello, addrs, log, early, _listener: listener })
+        Ok(Server { child, link, hello, addrs, log, early, bad_announcement: None, listener })
     }
 
     /// Takes what the agent sent on its own since the last call: announcements are
     /// applied, stalls and protocol errors returned.
     pub fn take_events(&mut self) -> Events {
         let mut events = std::mem::take(&mut self.early);
+        // Connections after the agent's: never the server's agent (it has one), so each
+        // is refused, closed and recorded.
+        while let Ok(Some((_, peer))) = self.listener.try_accept() {
+            let why = peer.refusal(self.child.pid()).unwrap_or_else(|| {
+                format!(
+                    "refused a second connection to the agent socket from pid {} (the agent is already connected)",
+                    peer.pid
+                )
+            });
+            events.protocol_errors.push(why);
+        }
         for event in self.link.drain_events() {
             match event {
                 LinkEvent::Announce(Announcement { name, addr }) => {
@@ -183,18 +208,27 @@ impl Server {
                 }
                 LinkEvent::Stall { stall, file } => events.stalls.push((*stall, file)),
                 LinkEvent::ProtocolError(e) => events.protocol_errors.push(e),
+                LinkEvent::BadAnnouncement(why) => {
+                    events.protocol_errors.push(why.clone());
+                    self.bad_announcement.get_or_insert(why);
+                }
                 LinkEvent::Closed => {}
             }
         }
         events
     }
 
-    /// The environment every test gets: one `HANGCHECK_ADDR_<NAME>` per announcement.
-    pub fn test_env(&self) -> Vec<(String, String)> {
-        self.addrs
+    /// The environment every test gets: one `HANGCHECK_ADDR_<NAME>` per announcement; a
+    /// protocol error naming the server if it announced an address no test can be given.
+    pub fn test_env(&self) -> Result<Vec<(String, String)>, SetupError> {
+        if let Some(why) = &self.bad_announcement {
+            return Err(self.failure(format!("protocol error: the server announced a malformed address: {why}")));
+        }
+        Ok(self
+            .addrs
             .iter()
             .map(|(name, addr)| (Announcement { name: name.clone(), addr: addr.clone() }.env_var(), addr.clone()))
-            .collect()
+            .collect())
     }
 
     /// A setup error about this server, with its log for the tail.

@@ -159,6 +159,32 @@ impl Announcement {
             self.name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
         format!("{ADDR_ENV_PREFIX}{name}")
     }
+
+    /// Why this announcement cannot reach a test's environment, if it cannot: an empty
+    /// or overlong name or address, or a NUL byte (no environment can hold one).
+    ///
+    /// ```
+    /// use hangcheck_runtime::protocol::Announcement;
+    /// assert!(Announcement { name: "http".into(), addr: "127.0.0.1:1".into() }.check().is_ok());
+    /// assert!(Announcement { name: "http".into(), addr: "127.0.0.1:1\0".into() }.check().is_err());
+    /// ```
+    pub fn check(&self) -> Result<(), String> {
+        let bad = |what: &str, value: &str, limit: usize| {
+            if value.is_empty() {
+                Some(format!("an empty {what}"))
+            } else if value.len() > limit {
+                Some(format!("a {what} over {limit} bytes"))
+            } else if value.contains('\0') {
+                Some(format!("a {what} with a NUL byte ({value:?})"))
+            } else {
+                None
+            }
+        };
+        match bad("name", &self.name, 128).or_else(|| bad("address", &self.addr, 1024)) {
+            Some(why) => Err(format!("announcement {:?} has {why}", self.name)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Everything the server holds at one moment: metadata only (names, counts, ages,

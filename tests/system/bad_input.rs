@@ -164,3 +164,21 @@ fn the_package_is_chosen_as_cargo_chooses_it() {
     assert_eq!(at_root.code, SETUP, "{at_root}");
     assert!(at_root.error_line().contains("choose one with -p"), "{at_root}");
 }
+
+#[test]
+fn a_hello_announcing_an_address_with_a_nul_is_the_servers_protocol_error() {
+    let run = misbehaving("nul-hello", &[]);
+    assert!(run.error_line().contains("protocol error: the server's hello is malformed"), "{run}");
+    assert!(run.error_line().contains("NUL"), "{run}");
+}
+
+#[test]
+fn an_announcement_with_a_nul_is_the_servers_protocol_error_not_a_test_failure() {
+    let run = misbehaving("nul-announce", &[]);
+    assert!(run.error_line().contains("protocol error: the server announced a malformed address"), "{run}");
+    let report = run.report();
+    assert_eq!(report["verdict"], "setup-error");
+    assert!(report["tests"].as_array().unwrap().iter().all(|t| t["outcome"] == "passed"), "no test is blamed\n{run}");
+    let errors = report["protocol_errors"].as_array().unwrap();
+    assert!(errors.iter().any(|e| e.as_str().unwrap().contains("NUL")), "{errors:?}");
+}

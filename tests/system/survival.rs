@@ -187,3 +187,38 @@ fn ctrl_c_during_the_build_stops_cargo_and_exits_130() {
     assert!(gone(script), "the build script (a child of cargo) was stopped too");
     assert_no_process_with(&mark);
 }
+
+#[test]
+fn a_foreign_connection_to_the_agent_socket_is_refused_and_the_run_goes_on() {
+    let mark = marker("foreign");
+    let dir = tempfile::tempdir().unwrap();
+    let runner = start_waiting(&mark, dir.path());
+    let server = read_pid(&dir.path().join("running"));
+    // This process is neither the server nor one of its descendants.
+    let mut intruder = std::os::unix::net::UnixStream::connect(socket_of(server)).unwrap();
+    let fake = format!(
+        "{{\"v\":1,\"type\":\"hello\",\"pid\":{},\"protocol\":1,\"runtime_version\":\"0.1.0\",\"capabilities\":[],\"announced\":[]}}\n",
+        std::process::id()
+    );
+    use std::io::{Read, Write};
+    intruder.write_all(fake.as_bytes()).unwrap();
+    intruder.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    // Refused: the runner closes the connection without a word.
+    let mut answer = Vec::new();
+    let read = intruder.read_to_end(&mut answer);
+    assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?} {answer:?}");
+    let run = runner.wait();
+    assert_eq!(run.code, 0, "{run}");
+    let report = run.report();
+    let errors = report["protocol_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let error = errors[0].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!("refused a connection to the agent socket from pid {}", std::process::id())),
+        "{error}"
+    );
+    let tests = report["tests"].as_array().unwrap();
+    assert!(tests.len() == 2 && tests.iter().all(|t| t["outcome"] == "passed"), "{run}");
+    assert_no_process_with(&mark);
+}
