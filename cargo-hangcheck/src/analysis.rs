@@ -1,10 +1,8 @@
-//! Judging what the server holds: settling after each test, and the leak verdicts.
+//! Judging what the server holds: the leak verdicts, and whether a snapshot grew.
 //!
-//! Settling is goleak's lesson: judge what is left, not what is still finishing. After a
-//! test the runner re-snapshots until no task group is above where it stood before the
-//! test (tasks, operations, fds, threads), or the settle time runs out; a connection task
-//! that ends a moment after its
-//! client has gone is then not counted.
+//! Pure functions of snapshots and a [`LeakPolicy`]: no I/O, no configuration beyond the
+//! policy, so each rule is tested on hand-made snapshots ([`crate::settle`] does the
+//! waiting).
 //!
 //! Task groups, operation kinds, file descriptors (by kind) and threads are judged alike,
 //! as *measures*: one leaks when its settled value at the end of the run exceeds the
@@ -14,36 +12,25 @@
 //! the tests after which the settled value rose.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use hangcheck_runtime::protocol::{EpochCount, GroupKind, Snapshot};
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::link::{AgentLink, LinkError};
-use crate::signal::Signals;
+use crate::measures::{self, ProcessKind};
 
-/// How long a single snapshot request may take.
-pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
+/// What counts as a leak: the `[leaks]` table of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct LeakPolicy {
+    /// Growth a measure may have over the run before it is a leak.
+    pub allow_growth: u64,
+    /// Group names, measure keys or location prefixes never judged.
+    pub ignore: Vec<String>,
+}
 
-/// Re-snapshots until nothing judged is above `before`, or `max` has passed. Returns the
-/// last snapshot.
-pub fn settle(
-    link: &mut AgentLink,
-    before: &Snapshot,
-    max: Duration,
-    config: &Config,
-    signals: &Signals,
-) -> Result<Snapshot, LinkError> {
-    let deadline = Instant::now() + max;
-    let mut pause = Duration::from_millis(5);
-    loop {
-        let now = link.snapshot(SNAPSHOT_TIMEOUT)?;
-        if !grew(before, &now, config) || Instant::now() >= deadline || signals.interrupted() {
-            return Ok(now);
-        }
-        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-        pause = (pause * 2).min(Duration::from_millis(100));
+impl LeakPolicy {
+    /// Whether a measure is on the ignore list (by key or location prefix).
+    pub fn ignores(&self, key: &str, location: Option<&str>) -> bool {
+        self.ignore.iter().any(|p| key.starts_with(p.as_str()) || location.is_some_and(|l| l.starts_with(p.as_str())))
     }
 }
 
@@ -92,34 +79,24 @@ fn measures(s: &Snapshot) -> Vec<Measure<'_>> {
         })
         .collect();
     out.extend(s.ops.iter().map(|o| Measure {
-        key: format!("op:{}", o.kind),
+        key: measures::op_key(&o.kind),
         kind: MeasureKind::Operation,
         location: None,
         value: o.in_flight,
         oldest_age_ms: o.oldest_age_ms,
         by_epoch: Some(&o.live_by_epoch),
     }));
-    let fds = &s.process.fds;
-    for (key, value) in
-        [("fd:socket", fds.socket), ("fd:file", fds.file), ("fd:pipe", fds.pipe), ("fd:other", fds.other)]
-    {
-        out.push(Measure {
-            key: key.into(),
-            kind: MeasureKind::Fd,
-            location: None,
-            value,
-            oldest_age_ms: None,
-            by_epoch: None,
-        });
-    }
-    out.push(Measure {
-        key: "threads".into(),
-        kind: MeasureKind::Threads,
+    out.extend(measures::PROCESS.iter().map(|m| Measure {
+        key: m.key.into(),
+        kind: match m.kind {
+            ProcessKind::Fd => MeasureKind::Fd,
+            ProcessKind::Threads => MeasureKind::Threads,
+        },
         location: None,
-        value: s.process.threads,
+        value: (m.read)(s),
         oldest_age_ms: None,
         by_epoch: None,
-    });
+    }));
     out
 }
 
@@ -129,11 +106,11 @@ fn values(s: &Snapshot) -> BTreeMap<(MeasureKind, String), u64> {
 }
 
 /// Whether any judged measure is higher in `now` than in `before`.
-fn grew(before: &Snapshot, now: &Snapshot, config: &Config) -> bool {
+pub fn grew(before: &Snapshot, now: &Snapshot, policy: &LeakPolicy) -> bool {
     let old = values(before);
     measures(now)
         .iter()
-        .filter(|m| !config.ignores(&m.key, m.location))
+        .filter(|m| !policy.ignores(&m.key, m.location))
         .any(|m| m.value > old.get(&(m.kind, m.key.clone())).copied().unwrap_or(0))
 }
 
@@ -196,20 +173,20 @@ pub fn leaks(
     last: &Snapshot,
     history: &[Option<&Snapshot>],
     epochs: &Epochs<'_>,
-    config: &Config,
+    policy: &LeakPolicy,
 ) -> Vec<Leak> {
     let base_measures = measures(baseline);
     let base: BTreeMap<(MeasureKind, &str), &Measure<'_>> =
         base_measures.iter().map(|m| ((m.kind, m.key.as_str()), m)).collect();
     let mut leaks = Vec::new();
     for m in measures(last) {
-        if config.ignores(&m.key, m.location) {
+        if policy.ignores(&m.key, m.location) {
             continue;
         }
         let held = base.get(&(m.kind, m.key.as_str()));
         let before = held.map_or(0, |h| h.value);
         let growth = m.value.saturating_sub(before);
-        if growth <= config.allow_growth {
+        if growth <= policy.allow_growth {
             continue;
         }
         let leaked_by = match m.by_epoch {
@@ -234,7 +211,7 @@ pub fn leaks(
             baseline: before,
             final_live: m.value,
             growth,
-            allowed: config.allow_growth,
+            allowed: policy.allow_growth,
             oldest_age_ms: m.oldest_age_ms,
             leaked_by,
         });
@@ -333,30 +310,8 @@ mod tests {
         Snapshot { groups, ..Snapshot::default() }
     }
 
-    fn config(allow: u64, ignore: &[&str]) -> Config {
-        Config {
-            package: "p".into(),
-            manifest_path: "Cargo.toml".into(),
-            package_dir: ".".into(),
-            hangcheck_dir: "target/hangcheck".into(),
-            build: Default::default(),
-            runtime_dependency: true,
-            server_bin: "s".into(),
-            server_args: vec![],
-            server_env: vec![],
-            ready: crate::cli::Ready::Hello,
-            test_targets: vec![],
-            filters: vec![],
-            test_timeout: Duration::from_secs(1),
-            startup_timeout: Duration::from_secs(1),
-            shutdown_grace: Duration::from_secs(1),
-            settle: Duration::from_secs(1),
-            stall_threshold: Duration::from_millis(250),
-            poll_stats: false,
-            fail_fast: false,
-            allow_growth: allow,
-            ignore: ignore.iter().map(|s| s.to_string()).collect(),
-        }
+    fn config(allow: u64, ignore: &[&str]) -> LeakPolicy {
+        LeakPolicy { allow_growth: allow, ignore: ignore.iter().map(|s| s.to_string()).collect() }
     }
 
     #[test]

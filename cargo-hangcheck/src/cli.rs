@@ -162,9 +162,24 @@ pub struct TestArgs {
     #[arg(long, value_name = "PREFIX", help_heading = "Leak Policy")]
     pub ignore: Vec<String>,
 
+    /// How to print the run: `human`, or `json` (one event per line on stdout, in the
+    /// manner of libtest's JSON; the human output then goes to stderr).
+    #[arg(long, value_enum, value_name = "FMT", default_value_t = MessageFormat::Human, help_heading = "Display Options")]
+    pub message_format: MessageFormat,
+
     /// Run only tests whose name contains one of these.
     #[arg(value_name = "TESTNAME")]
     pub filters: Vec<String>,
+}
+
+/// How `cargo hangcheck test` prints the run.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MessageFormat {
+    /// For a person: status, a line per test, the table and the verdicts.
+    #[default]
+    Human,
+    /// For a tool: every event as a JSON object per line on stdout.
+    Json,
 }
 
 /// What makes the server ready for the first test.

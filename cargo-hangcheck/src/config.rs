@@ -10,6 +10,7 @@ use std::time::Duration;
 use cargo_metadata::{Metadata, MetadataCommand, Package, TargetKind};
 use serde::Deserialize;
 
+use crate::analysis::LeakPolicy;
 use crate::cli::{parse_duration, PackageArgs, Ready, ServerArgs, TestArgs};
 use crate::errors::SetupError;
 
@@ -87,10 +88,8 @@ pub struct Config {
     pub poll_stats: bool,
     /// Stop at the first failed or hung test.
     pub fail_fast: bool,
-    /// Live-count growth a group may have before it is a leak.
-    pub allow_growth: u64,
-    /// Group names or location prefixes never judged.
-    pub ignore: Vec<String>,
+    /// What counts as a leak (`[leaks]`).
+    pub leaks: LeakPolicy,
 }
 
 impl Config {
@@ -221,14 +220,8 @@ impl Config {
             )?,
             poll_stats: server_args.poll_stats || file.poll_stats.unwrap_or(false),
             fail_fast: args.fail_fast || file.fail_fast.unwrap_or(false),
-            allow_growth: args.allow_growth.or(leaks.allow_growth).unwrap_or(0),
-            ignore,
+            leaks: LeakPolicy { allow_growth: args.allow_growth.or(leaks.allow_growth).unwrap_or(0), ignore },
         })
-    }
-
-    /// Whether a group is on the ignore list (by name or location prefix).
-    pub fn ignores(&self, key: &str, location: Option<&str>) -> bool {
-        self.ignore.iter().any(|p| key.starts_with(p.as_str()) || location.is_some_and(|l| l.starts_with(p.as_str())))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Errors that stop a run before it can judge anything. Each renders as one line that
-//! names the cause and, where it helps, what to do next; `detail` carries supporting
-//! lines (the tail of a server log) printed below it.
+//! names the cause and, where it helps, what to do next; [`SetupError::detail`] carries
+//! supporting lines (the tail of a server log) for a reporter to print below it. Errors
+//! never print themselves: the run hands them to its reporters as an event.
 
 use std::path::PathBuf;
 
@@ -49,13 +50,11 @@ impl SetupError {
         let what = what.into();
         move |source| SetupError::Io { what, source }
     }
-}
 
-impl SetupError {
-    /// Prints the error (with the tail of the server log where there is one) and returns
-    /// the exit code that goes with it.
-    pub fn report(&self) -> i32 {
-        let detail = match self {
+    /// Supporting lines to print below the cause: the tail of the server's log, when the
+    /// server is what failed.
+    pub fn detail(&self) -> Vec<String> {
+        match self {
             SetupError::Server { log: Some(log), .. } => {
                 let mut lines = vec![format!("last lines of {}:", log.display())];
                 let tail = crate::rundir::tail(log, 15);
@@ -66,8 +65,11 @@ impl SetupError {
                 lines
             }
             _ => Vec::new(),
-        };
-        crate::report::terminal::error(self, &detail);
+        }
+    }
+
+    /// The exit code that goes with it.
+    pub fn exit_code(&self) -> i32 {
         match self {
             SetupError::Interrupted => crate::exit::INTERRUPTED,
             _ => crate::exit::SETUP,

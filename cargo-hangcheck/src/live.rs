@@ -12,7 +12,6 @@ use std::io::BufRead;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::analysis::SNAPSHOT_TIMEOUT;
 use crate::build;
 use crate::cli::ServerArgs;
 use crate::config::Config;
@@ -22,6 +21,7 @@ use crate::ondemand;
 use crate::report::terminal;
 use crate::rundir::RunDir;
 use crate::server::{Server, Stop};
+use crate::settle::SNAPSHOT_TIMEOUT;
 use crate::signal::Signals;
 
 /// How often the loop looks at the terminal, the signals and the server.
@@ -33,7 +33,10 @@ pub fn run(args: &ServerArgs) -> i32 {
     crate::leftovers::become_subreaper();
     match live(args, &signals) {
         Ok(code) => code,
-        Err(e) => e.report(),
+        Err(e) => {
+            terminal::setup_error(&e);
+            e.exit_code()
+        }
     }
 }
 

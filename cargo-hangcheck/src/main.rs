@@ -1,10 +1,12 @@
 //! `cargo hangcheck`: runs a tokio server's end-to-end tests one at a time, asks the
 //! server after every test what it holds, and names what leaks and what hangs.
 //!
-//! The modules follow the steps of a run (DESIGN.md): [`config`] → [`build`] →
-//! [`server`] (with [`link`], the agent connection) → [`suite`] → [`analysis`] →
-//! [`report`], with [`process`] owning every child's lifecycle and [`rundir`] every
-//! artifact. [`stacks`] fetches the server's stacks (agent, or gdb from outside),
+//! The modules follow the steps of a run (docs/design.md): [`config`] → [`build`] →
+//! [`server`] (with [`link`], the agent connection) → [`suite`] → [`settle`] →
+//! [`analysis`] (over the [`measures`]) → [`report`], with [`process`] owning every
+//! child's lifecycle and [`rundir`] every artifact. [`run`] orchestrates and says what
+//! happens as [`event`]s; every output (terminal, report.json, JUnit, JSON lines) is a
+//! reporter that folds them. [`stacks`] fetches the server's stacks (agent, or gdb from outside),
 //! [`ondemand`] serves stacks and snapshots to a second terminal while a run is in
 //! progress, and [`live`] is `cargo hangcheck run`, the server driven by hand.
 
@@ -13,16 +15,20 @@ mod build;
 mod cli;
 mod config;
 mod errors;
+mod event;
 mod exit;
 mod leftovers;
+mod libtest;
 mod link;
 mod live;
+mod measures;
 mod ondemand;
 mod process;
 mod report;
 mod run;
 mod rundir;
 mod server;
+mod settle;
 mod signal;
 mod stacks;
 mod suite;

@@ -70,7 +70,7 @@ impl Request {
 /// Takes a snapshot now, prints what changed since `previous` (which it replaces), and
 /// writes the same text to `ondemand/snapshot-<n>.txt`.
 pub fn serve_snapshot(link: &mut AgentLink, previous: &mut Snapshot, run_dir: &RunDir) -> Option<PathBuf> {
-    let snapshot = match link.snapshot(crate::analysis::SNAPSHOT_TIMEOUT) {
+    let snapshot = match link.snapshot(crate::settle::SNAPSHOT_TIMEOUT) {
         Ok(s) => s,
         Err(e) => {
             terminal::warn(format!("no snapshot: {e}"));

@@ -15,120 +15,120 @@ use std::time::Duration;
 
 use hangcheck_runtime::protocol::{Snapshot, Stall};
 
-use crate::analysis::{self, ConcurrentOps, Epochs, Leak, SNAPSHOT_TIMEOUT};
+use crate::analysis::{self, Epochs};
 use crate::build::{self, Built};
-use crate::cli::TestArgs;
+use crate::cli::{MessageFormat, TestArgs};
 use crate::config::Config;
 use crate::errors::SetupError;
-use crate::leftovers::{self, Leftover};
+use crate::event::Event;
+use crate::leftovers;
 use crate::ondemand;
-use crate::report::{self, terminal, Report, ShutdownEntry, StallEntry, Survivor, TestRecord, Verdict};
+use crate::report::{self, json::JsonLines, terminal::Displayer, Reporter, Reporters};
+use crate::report::{ShutdownEntry, ShutdownOutcome, StallEntry, Survivor, TestRecord};
 use crate::rundir::{Evidence, RunDir};
 use crate::server::{Server, Stop};
+use crate::settle::{self, SNAPSHOT_TIMEOUT};
 use crate::signal::Signals;
 use crate::stacks;
 use crate::suite::{self, Outcome, Probe, TestCase};
 
 /// Runs `cargo hangcheck test` and returns the exit code.
 pub fn test(args: &TestArgs) -> i32 {
+    let json = args.message_format == MessageFormat::Json;
+    let mut outputs: Vec<Box<dyn Reporter>> = vec![Box::new(Displayer::new(json))];
+    if json {
+        outputs.push(Box::new(JsonLines));
+    }
+    let mut reporters = Reporters::new(outputs);
+    let started = std::time::Instant::now();
+    let (result, run_dir) = prepare_and_run(args, &mut reporters);
+    if let Err(e) = &result {
+        reporters.emit(Event::SetupError { error: e });
+    }
+    let report = reporters.finish(started.elapsed(), run_dir.as_ref());
+    report.exit_code
+}
+
+/// Everything up to the end of the run; the run directory, once it exists, comes back
+/// even when the run fails, so the report is written into it.
+fn prepare_and_run(args: &TestArgs, reporters: &mut Reporters) -> (Result<(), SetupError>, Option<RunDir>) {
     let signals = Signals::install();
     leftovers::become_subreaper();
     let config = match Config::resolve(args) {
         Ok(c) => c,
-        Err(e) => return e.report(),
+        Err(e) => return (Err(e), None),
     };
-    terminal::status(
-        "Building",
-        format!("{} (server `{}`, tests {})", config.package, config.server_bin, config.test_targets.join(", ")),
-    );
+    reporters.emit(Event::Building {
+        package: &config.package,
+        server_bin: &config.server_bin,
+        test_targets: &config.test_targets,
+    });
     let built = match build::build(&config, &signals) {
         Ok(b) => b,
-        Err(e) => return e.report(),
+        Err(e) => return (Err(e), None),
     };
     let run_dir = match RunDir::create(&config.hangcheck_dir.join("runs")) {
         Ok(d) => d,
-        Err(e) => return SetupError::io("cannot create the run directory")(e).report(),
+        Err(e) => return (Err(SetupError::io("cannot create the run directory")(e)), None),
     };
     let marker = ondemand::announce_runner(&run_dir, &config.package);
-    let mut run = Run::new(config, built, run_dir, signals);
-    let result = run.execute();
-    let code = run.finish(result);
+    let mut run =
+        Run { config, built, run_dir, signals, reporters, server: None, baseline: None, last: None, tests: Vec::new() };
+    let mut result = run.execute();
+    run.stop_server();
+    let found = leftovers::find(&[], |_| true);
+    run.end_leftovers(found, "the end of the run", "end");
+    run.take_events(None);
+    if result.is_ok() && run.signals.interrupted() {
+        result = Err(SetupError::Interrupted);
+    }
     drop(marker);
-    code
+    (result, Some(run.run_dir))
 }
 
 /// The state of one run.
-struct Run {
+struct Run<'r> {
     config: Config,
     built: Built,
     run_dir: RunDir,
     signals: Signals,
-    started: std::time::Instant,
+    reporters: &'r mut Reporters,
     server: Option<Server>,
     baseline: Option<Snapshot>,
     last: Option<Snapshot>,
     tests: Vec<TestRecord>,
-    stalls: Vec<StallEntry>,
-    leaks: Vec<Leak>,
-    concurrent: Vec<ConcurrentOps>,
-    shutdown: ShutdownEntry,
-    protocol_errors: Vec<String>,
-    leftovers: Vec<Leftover>,
 }
 
-impl Run {
-    fn new(config: Config, built: Built, run_dir: RunDir, signals: Signals) -> Run {
-        Run {
-            config,
-            built,
-            run_dir,
-            signals,
-            started: std::time::Instant::now(),
-            server: None,
-            baseline: None,
-            last: None,
-            tests: Vec::new(),
-            stalls: Vec::new(),
-            leaks: Vec::new(),
-            concurrent: Vec::new(),
-            shutdown: ShutdownEntry::not_reached(),
-            protocol_errors: Vec::new(),
-            leftovers: Vec::new(),
-        }
-    }
-
+impl Run<'_> {
     fn execute(&mut self) -> Result<(), SetupError> {
         let cases = suite::list(&self.config, &self.built, &self.run_dir, &self.signals)?;
-        if cases.is_empty() {
-            terminal::warn("no test matches the filters; the server is still started, judged and stopped");
-        }
-        terminal::status(
-            "Starting",
-            format!(
-                "{} ({}), run directory {}",
-                self.config.server_bin,
-                if self.built.tokio_unstable { "tokio_unstable" } else { "stable" },
-                self.run_dir.path().display()
-            ),
-        );
+        self.reporters.emit(Event::RunStarted {
+            package: &self.config.package,
+            server_bin: &self.config.server_bin,
+            tokio_unstable: self.built.tokio_unstable,
+            run_dir: self.run_dir.path(),
+            tests: &cases,
+        });
         let server = self.server.insert(Server::start(&self.config, &self.built, &self.run_dir, &self.signals)?);
-        let addrs: Vec<String> = server.addrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        terminal::status("Ready", format!("pid {}, announced {}", server.child.pid(), addrs.join(" ")));
+        self.reporters.emit(Event::ServerReady {
+            pid: server.child.pid(),
+            capabilities: &server.hello.capabilities,
+            addresses: &server.addrs,
+            log: &server.log,
+        });
         let baseline = self.snapshot("the baseline")?;
         self.record_snapshot("baseline", None, &baseline)?;
+        self.reporters.emit(Event::Baseline { snapshot: &baseline });
         self.baseline = Some(baseline.clone());
         self.last = Some(baseline);
-        terminal::status("Running", format!("{} tests, one at a time", cases.len()));
 
         for (i, case) in cases.iter().enumerate() {
             if self.signals.interrupted() {
                 break;
             }
-            let record = self.run_one(case, i as u64 + 1)?;
-            let stop = self.config.fail_fast && record.run.outcome != Outcome::Passed;
-            self.tests.push(record);
-            if stop {
-                terminal::warn("stopping at the first failure (--fail-fast)");
+            let passed = self.run_one(case, i as u64 + 1)?;
+            if self.config.fail_fast && !passed {
+                self.reporters.emit(Event::Warning { message: "stopping at the first failure (--fail-fast)" });
                 break;
             }
         }
@@ -141,17 +141,19 @@ impl Run {
         let last = self.settle(&baseline, "the last test")?;
         self.take_events(None);
         self.record_snapshot("final", Some(after), &last)?;
+        self.reporters.emit(Event::FinalSnapshot { snapshot: &last });
         let names: Vec<String> = self.tests.iter().map(|t| t.case.id()).collect();
         let history: Vec<Option<&Snapshot>> = self.tests.iter().map(|t| t.snapshot.as_ref()).collect();
         let epochs = Epochs { names: &names };
-        self.leaks = analysis::leaks(&baseline, &last, &history, &epochs, &self.config);
-        self.concurrent = analysis::concurrent_ops(&last, &epochs);
+        let leaks = analysis::leaks(&baseline, &last, &history, &epochs, &self.config.leaks);
+        let concurrent = analysis::concurrent_ops(&last, &epochs);
+        self.reporters.emit(Event::Verdicts { leaks: &leaks, concurrent: &concurrent });
         self.last = Some(last);
         Ok(())
     }
 
-    /// Runs one test in epoch `epoch`, then settles and snapshots.
-    fn run_one(&mut self, case: &TestCase, epoch: u64) -> Result<TestRecord, SetupError> {
+    /// Runs one test in epoch `epoch`, then settles and snapshots; says whether it passed.
+    fn run_one(&mut self, case: &TestCase, epoch: u64) -> Result<bool, SetupError> {
         let id = case.id();
         // Announcements (and stalls) since the last test, before its environment is made.
         self.take_events(None);
@@ -160,11 +162,19 @@ impl Run {
             .link
             .set_epoch(epoch, SNAPSHOT_TIMEOUT)
             .map_err(|e| server.failure(format!("the agent stopped answering before {id}: {e}")))?;
+        self.reporters.emit(Event::TestStarted { case, epoch });
+        let server = self.server.as_mut().expect("the server is started before any test");
         let mut env = server.test_env()?;
         env.push(("HANGCHECK_SERVER_PID".to_owned(), server.child.pid().to_string()));
         let last_asked = self.last.clone().unwrap_or_default();
-        let mut probe =
-            ServerProbe { server, run_dir: &self.run_dir, signals: &self.signals, stacks_source: None, last_asked };
+        let mut probe = ServerProbe {
+            server,
+            run_dir: &self.run_dir,
+            signals: &self.signals,
+            reporters: self.reporters,
+            stacks_source: None,
+            last_asked,
+        };
         let run = suite::run(case, &self.config, &env, &self.run_dir, &self.signals, &mut probe);
         let stacks_source = probe.stacks_source;
         let found = leftovers::find(&[server.child.pid()], |who| who == id);
@@ -181,17 +191,13 @@ impl Run {
         };
         let outcome = self.after_test(&mut record);
         self.take_events(Some(&id));
-        terminal::test_line(&record, self.last.as_ref());
+        self.reporters.emit(Event::TestFinished { record: &record });
         if let Some(s) = &record.snapshot {
             self.last = Some(s.clone());
         }
-        match outcome {
-            Ok(()) => Ok(record),
-            Err(e) => {
-                self.tests.push(record);
-                Err(e)
-            }
-        }
+        let passed = record.run.outcome == Outcome::Passed;
+        self.tests.push(record);
+        outcome.map(|()| passed)
     }
 
     /// Checks the server after a test and takes its settled snapshot.
@@ -222,9 +228,9 @@ impl Run {
     }
 
     fn settle(&mut self, before: &Snapshot, after: &str) -> Result<Snapshot, SetupError> {
-        let settle = self.config.settle;
+        let max = self.config.settle;
         let server = self.server.as_mut().expect("the server is started before any test");
-        analysis::settle(&mut server.link, before, settle, &self.config, &self.signals).map_err(|e| {
+        settle::settle(&mut server.link, before, max, &self.config.leaks, &self.signals).map_err(|e| {
             let stopped = stacks::process_state(server.child.pid()) == "T";
             let cause = if stopped {
                 format!("the server is stopped (SIGSTOP) and cannot answer after {after}: {e}")
@@ -235,34 +241,27 @@ impl Run {
         })
     }
 
-    /// Collects what the agent pushed on its own: stalls (already on disk, printed now,
+    /// Collects what the agent pushed on its own: stalls (already on disk, reported now,
     /// attributed to the test whose epoch they came in, `current` being the running one)
     /// and protocol errors.
     fn take_events(&mut self, current: Option<&str>) {
         let Some(server) = self.server.as_mut() else { return };
         let events = server.take_events();
-        self.protocol_errors.extend(events.protocol_errors);
+        for message in &events.protocol_errors {
+            self.reporters.emit(Event::ProtocolError { message });
+        }
         let names: Vec<String> = self.tests.iter().map(|t| t.case.id()).chain(current.map(str::to_owned)).collect();
         for (stall, file) in events.stalls {
             let entry = stall_entry(&stall, file, &names);
-            terminal::stall(&entry);
-            self.stalls.push(entry);
+            self.reporters.emit(Event::Stall { stall: &entry });
         }
     }
 
     /// Reports and ends processes of the run still alive after `after`.
     fn end_leftovers(&mut self, found: Vec<(u32, String, String)>, after: &str, label: &str) {
-        for l in leftovers::end(found, after, &self.run_dir, label) {
-            terminal::warn(format!(
-                "LEFTOVER process {} `{}` started by {} was still running after {}; {} ({})",
-                l.pid,
-                l.command,
-                l.started_by,
-                after,
-                l.ended,
-                self.run_dir.join(format!("leftovers/{label}.txt")).display()
-            ));
-            self.leftovers.push(l);
+        let file = self.run_dir.join(format!("leftovers/{label}.txt"));
+        for leftover in leftovers::end(found, after, &self.run_dir, label) {
+            self.reporters.emit(Event::Leftover { leftover: &leftover, after, file: &file });
         }
     }
 
@@ -284,53 +283,6 @@ impl Run {
             .map_err(SetupError::io("cannot append to snapshots.jsonl"))
     }
 
-    /// Stops the server, writes the report, prints the end of the run; returns the exit
-    /// code.
-    fn finish(mut self, result: Result<(), SetupError>) -> i32 {
-        let mut error = result.err();
-        self.stop_server();
-        let found = leftovers::find(&[], |_| true);
-        self.end_leftovers(found, "the end of the run", "end");
-        self.take_events(None);
-        if error.is_none() && self.signals.interrupted() {
-            error = Some(SetupError::Interrupted);
-        }
-        let hang = self.shutdown.outcome == "hung"
-            || !self.stalls.is_empty()
-            || self.tests.iter().any(|t| t.run.outcome == Outcome::TimedOut);
-        let verdict = match &error {
-            Some(SetupError::Interrupted) => Verdict::Interrupted,
-            // A run that ended because something hung reports the hang.
-            Some(_) if hang => Verdict::Hang,
-            Some(_) => Verdict::SetupError,
-            None => match report::verdict(&self.tests, &self.leaks, &self.concurrent, hang, false) {
-                // A process left running is a leak too.
-                Verdict::Ok if !self.leftovers.is_empty() => Verdict::Leaks,
-                v => v,
-            },
-        };
-        if let Some(e) = &error {
-            e.report();
-        }
-        let report = self.report(verdict, error.as_ref().map(|e| e.to_string()));
-        if let (Some(baseline), None) = (&self.baseline, &error) {
-            terminal::table(baseline, &self.tests);
-            terminal::leaks(&self.leaks, self.built.tokio_unstable);
-            terminal::operations(&report.concurrent_ops, &self.tests, &report.slow_ops);
-            terminal::counters(&report.counters);
-        }
-        terminal::stall_summary(&self.stalls);
-        let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
-        if let Err(e) = self.run_dir.write_durable("report.json", &json) {
-            terminal::error(format!("cannot write report.json: {e}"), &[]);
-        }
-        if let Err(e) = self.run_dir.write_durable("junit.xml", report::junit::render(&report).as_bytes()) {
-            terminal::error(format!("cannot write junit.xml: {e}"), &[]);
-        }
-        terminal::summary(&report);
-        report.exit_code
-    }
-
     /// SIGTERM and the grace period; a server still running after it is a shutdown hang:
     /// its stacks and a snapshot (which groups are still alive, and how old) are written
     /// before it is SIGKILLed.
@@ -345,7 +297,14 @@ impl Run {
             taken = Some((evidence.files.clone(), source, snapshot));
             evidence
         });
-        let (evidence, source, snapshot) = taken.unwrap_or_default();
+        let hung = stop == Stop::Hung;
+        let (evidence, source, snapshot) = match taken {
+            Some((files, source, snapshot)) => (files, Some(source), snapshot),
+            None => (Vec::new(), None, None),
+        };
+        if let (true, Some(source)) = (hung, source) {
+            self.reporters.emit(Event::EvidenceWritten { test: None, files: &evidence, source });
+        }
         let survivors = snapshot
             .iter()
             .flat_map(|s| s.groups.iter())
@@ -357,48 +316,13 @@ impl Run {
                 oldest_age_ms: g.oldest_age_ms,
             })
             .collect();
-        self.shutdown = ShutdownEntry {
-            outcome: if stop == Stop::Hung { "hung" } else { "clean" },
+        let shutdown = ShutdownEntry {
+            outcome: if hung { ShutdownOutcome::Hung } else { ShutdownOutcome::Clean },
             evidence,
-            stacks_source: (stop == Stop::Hung).then_some(source),
+            stacks_source: if hung { source } else { None },
             survivors,
         };
-        if stop == Stop::Hung {
-            terminal::shutdown_hang(&self.shutdown, grace);
-        }
-    }
-
-    fn report(&self, verdict: Verdict, error: Option<String>) -> Report {
-        let server = self.server.as_ref();
-        Report {
-            format_version: report::FORMAT_VERSION,
-            hangcheck_version: env!("CARGO_PKG_VERSION"),
-            package: self.config.package.clone(),
-            verdict,
-            exit_code: verdict.exit_code(),
-            error,
-            server: report::ServerEntry {
-                bin: self.config.server_bin.clone(),
-                pid: server.map(|s| s.child.pid()),
-                tokio_unstable: self.built.tokio_unstable,
-                capabilities: server.map(|s| s.hello.capabilities.clone()).unwrap_or_default(),
-                addresses: server.map(|s| s.addrs.clone()).unwrap_or_default(),
-                log: server.map(|s| s.log.clone()).or_else(|| Some(self.run_dir.join("server.log"))),
-            },
-            run_dir: self.run_dir.path().to_owned(),
-            duration_ms: self.started.elapsed().as_millis() as u64,
-            tests: self.tests.iter().map(report::TestEntry::from_record).collect(),
-            baseline: self.baseline.clone(),
-            final_snapshot: self.last.clone(),
-            leaks: self.leaks.clone(),
-            concurrent_ops: self.concurrent.clone(),
-            slow_ops: self.last.as_ref().map(report::slow_ops).unwrap_or_default(),
-            counters: self.baseline.as_ref().map(|b| report::counters(b, &self.tests)).unwrap_or_default(),
-            stalls: self.stalls.clone(),
-            shutdown: self.shutdown.clone(),
-            protocol_errors: self.protocol_errors.clone(),
-            leftover_processes: self.leftovers.clone(),
-        }
+        self.reporters.emit(Event::Shutdown { shutdown: &shutdown, grace });
     }
 }
 
@@ -408,7 +332,8 @@ struct ServerProbe<'a> {
     server: &'a mut Server,
     run_dir: &'a RunDir,
     signals: &'a Signals,
-    stacks_source: Option<&'static str>,
+    reporters: &'a mut Reporters,
+    stacks_source: Option<hangcheck_runtime::protocol::StackSource>,
     /// The snapshot an on-demand snapshot's deltas are taken against.
     last_asked: Snapshot,
 }
@@ -424,13 +349,15 @@ impl Probe for ServerProbe<'_> {
     }
 
     fn hung(&mut self, case: &TestCase) -> Evidence {
-        terminal::status("Hung", format!("{}: taking the server's stacks before stopping the test", case.id()));
+        self.reporters.emit(Event::TestHung { case });
+        let id = case.id();
         let (evidence, source, _) = stacks::evidence(
             &mut self.server.link,
             self.server.child.pid(),
             self.run_dir,
-            &format!("hangs/{}", case.id()),
+            &format!("hangs/{}", crate::rundir::file_name(&id)),
         );
+        self.reporters.emit(Event::EvidenceWritten { test: Some(&id), files: &evidence.files, source });
         self.stacks_source = Some(source);
         evidence
     }

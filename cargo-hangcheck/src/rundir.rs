@@ -126,9 +126,24 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
     lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
 }
 
+/// A test id or name as a file name that CI artifact stores take: `::` becomes `.`, and
+/// anything but letters, digits, `.`, `-` and `_` becomes `_`.
+pub fn file_name(id: &str) -> String {
+    id.replace("::", ".")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_names_have_no_colons_or_separators() {
+        assert_eq!(file_name("e2e::tests::hangs_forever"), "e2e.tests.hangs_forever");
+        assert_eq!(file_name("a/b c:d"), "a_b_c_d");
+    }
 
     #[test]
     fn durable_write_replaces_and_latest_points_at_the_run() {

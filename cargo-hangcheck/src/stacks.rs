@@ -9,12 +9,12 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hangcheck_runtime::protocol::Snapshot;
+use hangcheck_runtime::protocol::{Snapshot, StackSource};
 
-use crate::analysis::SNAPSHOT_TIMEOUT;
 use crate::link::AgentLink;
 use crate::process::{GroupChild, Wait};
 use crate::rundir::{Evidence, RunDir};
+use crate::settle::SNAPSHOT_TIMEOUT;
 use crate::signal::Signals;
 
 /// How long the agent gets to answer a stacks request.
@@ -24,8 +24,8 @@ const GDB_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Stacks of a process, rendered for a stack file.
 pub struct Fetched {
-    /// `agent`, `gdb`, or `none`.
-    pub source: &'static str,
+    /// Who took them.
+    pub source: StackSource,
     /// The file's body.
     pub text: String,
 }
@@ -39,7 +39,7 @@ pub fn fetch(link: &mut AgentLink, pid: u32, run_dir: &RunDir) -> Fetched {
     let why = match link.stacks(AGENT_TIMEOUT) {
         Ok(stacks) => {
             let header = format!("hangcheck: stacks of pid {pid}\nsource: agent\n\n");
-            return Fetched { source: "agent", text: header + &stacks.render() };
+            return Fetched { source: StackSource::Agent, text: header + &stacks.render() };
         }
         Err(e) => e.to_string(),
     };
@@ -52,10 +52,11 @@ pub fn outside(pid: u32, why_not_agent: &str, run_dir: &RunDir) -> Fetched {
     let header =
         format!("hangcheck: stacks of pid {pid} (process state {state})\nthe agent did not answer: {why_not_agent}\n");
     match gdb(pid, run_dir) {
-        Ok(text) => Fetched { source: "gdb", text: format!("{header}source: gdb\n\n{text}") },
-        Err(e) => {
-            Fetched { source: "none", text: format!("{header}source: none\ngdb could not take them either: {e}\n") }
-        }
+        Ok(text) => Fetched { source: StackSource::Gdb, text: format!("{header}source: gdb\n\n{text}") },
+        Err(e) => Fetched {
+            source: StackSource::Unavailable,
+            text: format!("{header}source: none\ngdb could not take them either: {e}\n"),
+        },
     }
 }
 
@@ -96,9 +97,9 @@ pub fn evidence(
     pid: u32,
     run_dir: &RunDir,
     prefix: &str,
-) -> (Evidence, &'static str, Option<Snapshot>) {
+) -> (Evidence, StackSource, Option<Snapshot>) {
     let fetched = fetch(link, pid, run_dir);
-    let snapshot = if fetched.source == "agent" { link.snapshot(SNAPSHOT_TIMEOUT).ok() } else { None };
+    let snapshot = if fetched.source == StackSource::Agent { link.snapshot(SNAPSHOT_TIMEOUT).ok() } else { None };
     let snapshot_body = match &snapshot {
         Some(s) => serde_json::to_vec_pretty(s).unwrap_or_default(),
         None => br#"{"error": "no snapshot: the agent did not answer"}"#.to_vec(),

@@ -13,7 +13,7 @@ use crate::build::Built;
 use crate::config::Config;
 use crate::errors::SetupError;
 use crate::process::{describe, GroupChild, Wait};
-use crate::rundir::{Evidence, RunDir};
+use crate::rundir::{file_name, Evidence, RunDir};
 use crate::signal::Signals;
 
 /// How long listing one test binary may take.
@@ -63,6 +63,8 @@ pub struct TestRun {
     pub log: PathBuf,
     /// Files written about the server when the test hung.
     pub evidence: Vec<PathBuf>,
+    /// The panic that failed it, read off the end of its log.
+    pub panic: Option<crate::libtest::Panic>,
 }
 
 /// Lists the tests of every built test target, keeping those that match a filter.
@@ -124,7 +126,7 @@ pub fn run(
     probe: &mut dyn Probe,
 ) -> TestRun {
     let started = Instant::now();
-    let log_name = format!("tests/{}/{}.log", case.target, case.name);
+    let log_name = format!("tests/{}/{}.log", file_name(&case.target), file_name(&case.name));
     let (log_file, log) = match run_dir.log_file(&log_name) {
         Ok(pair) => pair,
         Err(e) => return spawn_failed(format!("cannot create {log_name}: {e}"), run_dir.join(&log_name)),
@@ -169,12 +171,13 @@ pub fn run(
             (Outcome::Interrupted, Vec::new())
         }
     };
-    TestRun { outcome, duration: started.elapsed(), log, evidence }
+    let panic = matches!(outcome, Outcome::Failed(_)).then(|| crate::libtest::last_panic(&log)).flatten();
+    TestRun { outcome, duration: started.elapsed(), log, evidence, panic }
 }
 
 /// Time a hung test gets between SIGTERM and SIGKILL.
 const TEST_GRACE: Duration = Duration::from_secs(1);
 
 fn spawn_failed(why: String, log: PathBuf) -> TestRun {
-    TestRun { outcome: Outcome::SpawnFailed(why), duration: Duration::ZERO, log, evidence: Vec::new() }
+    TestRun { outcome: Outcome::SpawnFailed(why), duration: Duration::ZERO, log, evidence: Vec::new(), panic: None }
 }

@@ -356,6 +356,20 @@ pub enum StackSource {
     Agent,
     /// A debugger attached from outside (the runner is the server's parent).
     Gdb,
+    /// Nobody could take them: the agent did not answer and the debugger failed. Only the
+    /// runner says this, in its reports; an agent never sends it.
+    #[serde(rename = "none")]
+    Unavailable,
+}
+
+impl std::fmt::Display for StackSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StackSource::Agent => "agent",
+            StackSource::Gdb => "gdb",
+            StackSource::Unavailable => "none",
+        })
+    }
 }
 
 /// The stacks of every thread of a process.

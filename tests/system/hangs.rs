@@ -102,7 +102,7 @@ fn stacks_come_back_when_every_worker_is_blocked() {
     assert_eq!(run.code, HANG, "{run}");
     let test = &run.report()["tests"][0];
     assert_eq!(test["stacks_source"], "agent");
-    let stacks = read(&run.run_dir().join("hangs/freeze::blocks_every_worker.stacks.txt"));
+    let stacks = read(&run.run_dir().join("hangs/freeze.blocks_every_worker.stacks.txt"));
     assert_eq!(stacks.matches("freezer::block_this_worker").count(), 2, "both workers, blocked:\n{stacks}");
     assert_no_process_with(&mark);
 }
@@ -115,7 +115,7 @@ fn stacks_come_from_outside_when_the_server_is_stopped() {
     let report = run.report();
     assert_eq!(report["tests"][0]["outcome"], "hung");
     assert_eq!(report["tests"][0]["stacks_source"], "gdb");
-    let stacks = read(&run.run_dir().join("hangs/freeze::stops_the_server.stacks.txt"));
+    let stacks = read(&run.run_dir().join("hangs/freeze.stops_the_server.stacks.txt"));
     assert!(stacks.contains("source: gdb") && stacks.contains("process state T"), "{stacks}");
     assert!(stacks.contains("Thread "), "gdb printed the threads:\n{stacks}");
     assert_eq!(report["shutdown"]["outcome"], "hung", "a stopped server cannot exit on SIGTERM");

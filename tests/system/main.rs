@@ -8,5 +8,6 @@ mod every_task;
 mod hangs;
 mod leaks;
 mod lifecycle;
+mod reporting;
 mod survival;
 mod util;

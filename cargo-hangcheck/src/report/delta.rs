@@ -14,9 +14,10 @@ fn rows(s: &Snapshot) -> BTreeMap<String, (i128, Option<u64>)> {
         rows.insert(format!("tasks {}", g.key), (g.live as i128, g.oldest_age_ms));
     }
     for o in &s.ops {
-        rows.insert(format!("op:{} in flight", o.kind), (o.in_flight as i128, o.oldest_age_ms));
-        rows.insert(format!("op:{} overlaps", o.kind), (o.overlap_events as i128, None));
-        rows.insert(format!("op:{} slow", o.kind), ((o.slow_in_flight + o.slow_finished) as i128, None));
+        let key = crate::measures::op_key(&o.kind);
+        rows.insert(format!("{key} in flight"), (o.in_flight as i128, o.oldest_age_ms));
+        rows.insert(format!("{key} overlaps"), (o.overlap_events as i128, None));
+        rows.insert(format!("{key} slow"), ((o.slow_in_flight + o.slow_finished) as i128, None));
     }
     for (name, v) in &s.counters {
         rows.insert(format!("{name}#"), (*v as i128, None));
@@ -24,12 +25,9 @@ fn rows(s: &Snapshot) -> BTreeMap<String, (i128, Option<u64>)> {
     for (name, v) in &s.gauges {
         rows.insert(format!("{name}~"), (*v as i128, None));
     }
-    let fds = &s.process.fds;
-    for (name, v) in [("fd:socket", fds.socket), ("fd:file", fds.file), ("fd:pipe", fds.pipe), ("fd:other", fds.other)]
-    {
-        rows.insert(name.to_owned(), (v as i128, None));
+    for m in crate::measures::PROCESS {
+        rows.insert(m.key.to_owned(), ((m.read)(s) as i128, None));
     }
-    rows.insert("threads".to_owned(), (s.process.threads as i128, None));
     rows.insert("rss KiB".to_owned(), ((s.process.rss_bytes / 1024) as i128, None));
     rows.insert("stalls".to_owned(), (s.stalls as i128, None));
     rows

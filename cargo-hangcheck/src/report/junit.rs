@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Report as JunitReport, TestCase, TestCaseStatus, TestSuite};
 
-use super::Report;
+use super::{Report, ShutdownOutcome, TestOutcome};
 
 /// Renders the report as JUnit XML.
 pub fn render(report: &Report) -> String {
@@ -15,15 +15,26 @@ pub fn render(report: &Report) -> String {
     let mut suites: Vec<TestSuite> = Vec::new();
     for t in &report.tests {
         let status = match t.outcome {
-            "passed" => TestCaseStatus::success(),
-            other => {
-                let mut s = TestCaseStatus::non_success(if other == "spawn-failed" {
+            TestOutcome::Passed => TestCaseStatus::success(),
+            outcome => {
+                let other = outcome.name();
+                let mut s = TestCaseStatus::non_success(if outcome == TestOutcome::SpawnFailed {
                     NonSuccessKind::Error
                 } else {
                     NonSuccessKind::Failure
                 });
+                if let Some(p) = &t.panic {
+                    s.set_description(p.message.clone());
+                }
                 let message = match (&t.detail, t.evidence.first()) {
-                    (Some(d), _) => format!("{other}: {d}"),
+                    (Some(d), _) => match t.panic.as_ref() {
+                        Some(p) => {
+                            let first = p.message.lines().next().unwrap_or("");
+                            let at = p.location.as_deref().map(|l| format!(" at {l}")).unwrap_or_default();
+                            format!("{other}: panicked{at}: {first}")
+                        }
+                        None => format!("{other}: {d}"),
+                    },
                     (None, Some(e)) => format!("{other}; evidence in {}", e.display()),
                     (None, None) => other.to_owned(),
                 };
@@ -68,11 +79,11 @@ pub fn render(report: &Report) -> String {
         ));
         findings.add_test_case(TestCase::new(format!("stall::{}", i + 1), status));
     }
-    if report.shutdown.outcome == "hung" {
+    if report.shutdown.outcome == ShutdownOutcome::Hung {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
         status.set_message("the server did not exit within the shutdown grace period and was killed");
         findings.add_test_case(TestCase::new("shutdown", status));
-    } else if report.shutdown.outcome == "clean" {
+    } else if report.shutdown.outcome == ShutdownOutcome::Clean {
         findings.add_test_case(TestCase::new("shutdown", TestCaseStatus::success()));
     }
     if report.leaks.is_empty() && report.error.is_none() {

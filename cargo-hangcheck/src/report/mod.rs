@@ -1,22 +1,85 @@
-//! The report of a run: `report.json` (versioned; docs/report-format.md), the terminal
-//! table and verdicts ([`terminal`]), and JUnit XML ([`junit`]).
+//! Reporting a run: every output is a [`Reporter`] that folds the run's
+//! [events](crate::event::Event).
 //!
-//! The run keeps its own internal records; this module turns them into the serialized
-//! form, which only grows compatibly within a `format_version`.
+//! [`aggregate`] folds them into [`Report`], written as `report.json` (versioned;
+//! docs/report-format.md) and JUnit XML ([`junit`]); [`terminal`] shows them to a person as
+//! they happen; [`json`] prints them one per line for tools (`--message-format json`).
+//! [`Reporters`] hands each event to all of them. The serialized form only grows
+//! compatibly within a `format_version`.
 
+pub mod aggregate;
 pub mod delta;
+pub mod json;
 pub mod junit;
 pub mod terminal;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use hangcheck_runtime::protocol::{Frame, Snapshot, StalledTask};
+use hangcheck_runtime::protocol::{Frame, Snapshot, StackSource, StalledTask};
 use serde::Serialize;
 
 use crate::analysis::{ConcurrentOps, Leak, Lingering};
+use crate::event::Event;
 use crate::exit;
+use crate::rundir::RunDir;
 use crate::suite::{Outcome, TestCase, TestRun};
+
+/// An output of the run: takes each event as it happens, then the folded report once the
+/// run is over.
+pub trait Reporter {
+    /// One event, in the order the run emits them.
+    fn event(&mut self, event: &Event<'_>);
+    /// The run is over; `report` is what its events folded into.
+    fn finished(&mut self, report: &Report);
+}
+
+/// Every reporter of a run, fed the same events: the aggregate that becomes
+/// `report.json` and `junit.xml`, and the outputs chosen on the command line.
+pub struct Reporters {
+    aggregate: aggregate::Aggregator,
+    outputs: Vec<Box<dyn Reporter>>,
+}
+
+impl Reporters {
+    /// The aggregate plus `outputs`.
+    pub fn new(outputs: Vec<Box<dyn Reporter>>) -> Reporters {
+        Reporters { aggregate: aggregate::Aggregator::default(), outputs }
+    }
+
+    /// Hands `event` to every reporter.
+    pub fn emit(&mut self, event: Event<'_>) {
+        self.aggregate.event(&event);
+        for output in &mut self.outputs {
+            output.event(&event);
+        }
+    }
+
+    /// Ends the run: folds the report, writes `report.json` and `junit.xml` durably into
+    /// the run directory (when there is one), and shows the report to every output.
+    pub fn finish(mut self, duration: std::time::Duration, run_dir: Option<&RunDir>) -> Report {
+        let report = self.aggregate.finish(duration);
+        if let Some(dir) = run_dir {
+            let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
+            let written = dir
+                .write_durable("report.json", &json)
+                .map_err(|e| format!("cannot write report.json: {e}"))
+                .and_then(|_| {
+                    let xml = junit::render(&report);
+                    dir.write_durable("junit.xml", xml.as_bytes()).map_err(|e| format!("cannot write junit.xml: {e}"))
+                });
+            if let Err(message) = written {
+                for output in &mut self.outputs {
+                    output.event(&Event::Warning { message: &message });
+                }
+            }
+        }
+        for output in &mut self.outputs {
+            output.finished(&report);
+        }
+        report
+    }
+}
 
 /// The version of `report.json`'s layout.
 pub const FORMAT_VERSION: u32 = 1;
@@ -33,7 +96,7 @@ pub struct TestRecord {
     /// The settled snapshot after it, if the server could still answer.
     pub snapshot: Option<Snapshot>,
     /// Where the stacks in its evidence came from, when it hung.
-    pub stacks_source: Option<&'static str>,
+    pub stacks_source: Option<StackSource>,
     /// Operations it began that were still in flight after it ended and settled.
     pub lingering: Vec<Lingering>,
     /// How long settling took after it.
@@ -148,8 +211,8 @@ pub struct TestEntry {
     pub name: String,
     /// The epoch it ran in; survivors born in it are its doing.
     pub epoch: u64,
-    /// `passed`, `failed`, `hung`, `spawn-failed`, `interrupted`.
-    pub outcome: &'static str,
+    /// How it ended.
+    pub outcome: TestOutcome,
     /// The exit status or error, for failures.
     pub detail: Option<String>,
     /// How long it ran, in milliseconds.
@@ -158,10 +221,13 @@ pub struct TestEntry {
     pub settle_ms: u64,
     /// Its output.
     pub log: PathBuf,
+    /// For a failed test, the panic that failed it: message and location.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub panic: Option<crate::libtest::Panic>,
     /// Files written about the server when it hung.
     pub evidence: Vec<PathBuf>,
     /// Where the stacks in the evidence came from: `agent`, `gdb`, or `none`.
-    pub stacks_source: Option<&'static str>,
+    pub stacks_source: Option<StackSource>,
     /// Live tasks per group after it, settled.
     pub live: BTreeMap<String, u64>,
     /// Operations it began still in flight after it ended and settled.
@@ -206,12 +272,11 @@ pub struct CounterEntry {
     pub per_test: Vec<Option<u64>>,
 }
 
-/// Every counter's total and per-test rises.
-pub fn counters(baseline: &Snapshot, tests: &[TestRecord]) -> Vec<CounterEntry> {
-    let names: std::collections::BTreeSet<&String> = std::iter::once(baseline)
-        .chain(tests.iter().filter_map(|t| t.snapshot.as_ref()))
-        .flat_map(|s| s.counters.keys())
-        .collect();
+/// Every counter's total and per-test rises; `tests` holds each test's settled snapshot in
+/// run order (`None` where the server could not answer).
+pub fn counters(baseline: &Snapshot, tests: &[Option<Snapshot>]) -> Vec<CounterEntry> {
+    let names: std::collections::BTreeSet<&String> =
+        std::iter::once(baseline).chain(tests.iter().flatten()).flat_map(|s| s.counters.keys()).collect();
     names
         .into_iter()
         .map(|name| {
@@ -219,7 +284,7 @@ pub fn counters(baseline: &Snapshot, tests: &[TestRecord]) -> Vec<CounterEntry> 
             let per_test = tests
                 .iter()
                 .map(|t| {
-                    t.snapshot.as_ref().map(|s| {
+                    t.as_ref().map(|s| {
                         let now = s.counters.get(name).copied().unwrap_or(0);
                         let rise = now.saturating_sub(previous);
                         previous = now;
@@ -232,24 +297,81 @@ pub fn counters(baseline: &Snapshot, tests: &[TestRecord]) -> Vec<CounterEntry> 
         .collect()
 }
 
+/// How a test ended, as the report names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TestOutcome {
+    /// Exit code 0.
+    Passed,
+    /// Any other exit.
+    Failed,
+    /// Still running at the timeout; stopped after the evidence was written.
+    Hung,
+    /// The test process could not be started.
+    SpawnFailed,
+    /// The run was interrupted while it ran.
+    Interrupted,
+}
+
+impl TestOutcome {
+    /// The outcome of a finished test, and its detail (exit status or error).
+    pub fn of(outcome: &Outcome) -> (TestOutcome, Option<String>) {
+        match outcome {
+            Outcome::Passed => (TestOutcome::Passed, None),
+            Outcome::Failed(s) => (TestOutcome::Failed, Some(s.clone())),
+            Outcome::TimedOut => (TestOutcome::Hung, None),
+            Outcome::SpawnFailed(s) => (TestOutcome::SpawnFailed, Some(s.clone())),
+            Outcome::Interrupted => (TestOutcome::Interrupted, None),
+        }
+    }
+
+    /// Its name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            TestOutcome::Passed => "passed",
+            TestOutcome::Failed => "failed",
+            TestOutcome::Hung => "hung",
+            TestOutcome::SpawnFailed => "spawn-failed",
+            TestOutcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// How the server's shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShutdownOutcome {
+    /// It exited within the grace period after SIGTERM.
+    Clean,
+    /// It was still running after the grace period and was SIGKILLed.
+    Hung,
+    /// The run ended before the server was stopped by it.
+    #[default]
+    NotReached,
+}
+
+impl ShutdownOutcome {
+    /// Its name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShutdownOutcome::Clean => "clean",
+            ShutdownOutcome::Hung => "hung",
+            ShutdownOutcome::NotReached => "not-reached",
+        }
+    }
+}
+
 /// How the server stopped.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Clone, Default)]
 pub struct ShutdownEntry {
     /// `clean`, `hung` (SIGKILLed after the grace period), or `not-reached`.
-    pub outcome: &'static str,
+    pub outcome: ShutdownOutcome,
     /// Files written about the server before it was killed.
     pub evidence: Vec<PathBuf>,
     /// Where the stacks in the evidence came from, for a hang.
-    pub stacks_source: Option<&'static str>,
+    pub stacks_source: Option<StackSource>,
     /// Task groups still alive when the shutdown hung, with their ages.
     pub survivors: Vec<Survivor>,
-}
-
-impl ShutdownEntry {
-    /// The run ended before the server was stopped.
-    pub fn not_reached() -> ShutdownEntry {
-        ShutdownEntry { outcome: "not-reached", evidence: Vec::new(), stacks_source: None, survivors: Vec::new() }
-    }
 }
 
 /// A task group alive at a shutdown hang.
@@ -313,21 +435,10 @@ pub fn culprit(frames: &[Frame]) -> Option<String> {
         })
 }
 
-/// The outcome's name in the report, and its detail.
-pub fn outcome_name(outcome: &Outcome) -> (&'static str, Option<String>) {
-    match outcome {
-        Outcome::Passed => ("passed", None),
-        Outcome::Failed(s) => ("failed", Some(s.clone())),
-        Outcome::TimedOut => ("hung", None),
-        Outcome::SpawnFailed(s) => ("spawn-failed", Some(s.clone())),
-        Outcome::Interrupted => ("interrupted", None),
-    }
-}
-
 impl TestEntry {
     /// The serialized form of a test record.
     pub fn from_record(r: &TestRecord) -> TestEntry {
-        let (outcome, detail) = outcome_name(&r.run.outcome);
+        let (outcome, detail) = TestOutcome::of(&r.run.outcome);
         TestEntry {
             id: r.case.id(),
             target: r.case.target.clone(),
@@ -338,6 +449,7 @@ impl TestEntry {
             duration_ms: r.run.duration.as_millis() as u64,
             settle_ms: r.settle.as_millis() as u64,
             log: r.run.log.clone(),
+            panic: r.run.panic.clone(),
             evidence: r.run.evidence.clone(),
             stacks_source: r.stacks_source,
             ops_in_flight_after: r.lingering.clone(),
@@ -346,22 +458,13 @@ impl TestEntry {
     }
 }
 
-/// The overall verdict: the most severe finding wins.
+/// The overall verdict of a run that could judge: the most severe finding wins.
 /// `hang` is any hang outside the tests' own outcomes: a stall or a shutdown hang.
-pub fn verdict(
-    tests: &[TestRecord],
-    leaks: &[Leak],
-    concurrent: &[ConcurrentOps],
-    hang: bool,
-    interrupted: bool,
-) -> Verdict {
-    if interrupted {
-        return Verdict::Interrupted;
-    }
-    if hang || tests.iter().any(|t| t.run.outcome == Outcome::TimedOut) {
+pub fn verdict(tests: &[TestEntry], leaks: &[Leak], concurrent: &[ConcurrentOps], hang: bool) -> Verdict {
+    if hang || tests.iter().any(|t| t.outcome == TestOutcome::Hung) {
         return Verdict::Hang;
     }
-    if tests.iter().any(|t| !matches!(t.run.outcome, Outcome::Passed)) {
+    if tests.iter().any(|t| t.outcome != TestOutcome::Passed) {
         return Verdict::TestsFailed;
     }
     if !leaks.is_empty() || !concurrent.is_empty() {

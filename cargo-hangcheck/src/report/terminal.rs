@@ -1,19 +1,154 @@
-//! What a person sees: a line per test as it finishes, then the accumulation table, the
-//! verdicts and a summary.
+//! What a person sees: status lines as the run goes, a line per test as it finishes, then
+//! the accumulation table, the verdicts and a summary.
 //!
-//! Output goes through `anstream`, which drops the colour when stdout is not a terminal,
-//! when `NO_COLOR` is set, or with `--color never`, so CI logs stay plain.
+//! [`Displayer`] is the run's terminal [`Reporter`]; the free functions serve the other
+//! commands (`run`, `stacks`, `snapshot`) too. Output goes through `anstream`, which drops
+//! the colour when the stream is not a terminal, when `NO_COLOR` is set, or with
+//! `--color never`, so CI logs stay plain. Results go to stdout and status to stderr,
+//! unless stdout carries `--message-format json`, when everything here goes to stderr.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::time::Duration;
 
-use anstream::{eprintln, println};
+use anstream::eprintln;
 use anstyle::{AnsiColor, Style};
 use hangcheck_runtime::protocol::Snapshot;
 
-use super::{outcome_name, CounterEntry, Report, ShutdownEntry, SlowOps, StallEntry, TestRecord};
+use super::{
+    CounterEntry, Report, Reporter, ShutdownEntry, ShutdownOutcome, SlowOps, StallEntry, TestEntry, TestOutcome,
+    TestRecord,
+};
 use crate::analysis::{ConcurrentOps, Leak, MeasureKind};
-use crate::suite::Outcome;
+use crate::errors::SetupError;
+use crate::event::Event;
+use crate::measures;
+
+/// Writes a line to a result stream; a closed stream must not stop the run.
+macro_rules! say {
+    ($out:expr) => {{ let _ = writeln!($out); }};
+    ($out:expr, $($arg:tt)*) => {{ let _ = writeln!($out, $($arg)*); }};
+}
+
+/// One row of the accumulation table, as the displayer folds it.
+struct Row {
+    id: String,
+    outcome: TestOutcome,
+    snapshot: Option<Snapshot>,
+}
+
+/// The run's terminal output.
+#[derive(Default)]
+pub struct Displayer {
+    /// Results go to stderr (stdout carries JSON lines).
+    to_stderr: bool,
+    /// The run got as far as a run directory (so there is a report to point to).
+    started: bool,
+    tokio_unstable: bool,
+    test_count: usize,
+    baseline: Option<Snapshot>,
+    rows: Vec<Row>,
+    /// The latest settled snapshot, to show what each test added.
+    last: Option<Snapshot>,
+}
+
+impl Displayer {
+    /// A displayer writing results to stdout, or to stderr when `to_stderr`.
+    pub fn new(to_stderr: bool) -> Displayer {
+        Displayer { to_stderr, ..Displayer::default() }
+    }
+
+    fn out(&self) -> Box<dyn Write> {
+        if self.to_stderr {
+            Box::new(anstream::stderr())
+        } else {
+            Box::new(anstream::stdout())
+        }
+    }
+}
+
+impl Reporter for Displayer {
+    fn event(&mut self, event: &Event<'_>) {
+        let mut out = self.out();
+        match *event {
+            Event::Building { package, server_bin, test_targets } => {
+                status("Building", format!("{package} (server `{server_bin}`, tests {})", test_targets.join(", ")))
+            }
+            Event::RunStarted { server_bin, tokio_unstable, run_dir, tests, .. } => {
+                self.started = true;
+                self.tokio_unstable = tokio_unstable;
+                self.test_count = tests.len();
+                if tests.is_empty() {
+                    warn("no test matches the filters; the server is still started, judged and stopped");
+                }
+                status(
+                    "Starting",
+                    format!(
+                        "{server_bin} ({}), run directory {}",
+                        if tokio_unstable { "tokio_unstable" } else { "stable" },
+                        run_dir.display()
+                    ),
+                );
+            }
+            Event::ServerReady { pid, addresses, .. } => {
+                let addrs: Vec<String> = addresses.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                status("Ready", format!("pid {pid}, announced {}", addrs.join(" ")));
+            }
+            Event::Baseline { snapshot } => {
+                self.baseline = Some(snapshot.clone());
+                self.last = Some(snapshot.clone());
+                status("Running", format!("{} tests, one at a time", self.test_count));
+            }
+            Event::TestStarted { .. } => {}
+            Event::TestHung { case } => {
+                status("Hung", format!("{}: taking the server's stacks before stopping the test", case.id()))
+            }
+            Event::EvidenceWritten { .. } => {}
+            Event::TestFinished { record } => {
+                test_line(&mut out, record, self.last.as_ref());
+                let (outcome, _) = TestOutcome::of(&record.run.outcome);
+                self.rows.push(Row { id: record.case.id(), outcome, snapshot: record.snapshot.clone() });
+                if let Some(s) = &record.snapshot {
+                    self.last = Some(s.clone());
+                }
+            }
+            Event::Stall { stall: s } => stall(&mut out, s),
+            Event::Leftover { leftover: l, after, file } => warn(format!(
+                "LEFTOVER process {} `{}` started by {} was still running after {after}; {} ({})",
+                l.pid,
+                l.command,
+                l.started_by,
+                l.ended,
+                file.display()
+            )),
+            Event::ProtocolError { message } => warn(format!("malformed message from the agent: {message}")),
+            Event::FinalSnapshot { .. } | Event::Verdicts { .. } => {}
+            Event::Shutdown { shutdown, grace } => {
+                if shutdown.outcome == ShutdownOutcome::Hung {
+                    shutdown_hang(&mut out, shutdown, grace);
+                }
+            }
+            Event::Warning { message } => warn(message),
+            Event::SetupError { error } => setup_error(error),
+        }
+    }
+
+    fn finished(&mut self, report: &Report) {
+        if !self.started {
+            // The error line said it all: nothing ran, and no report was written.
+            return;
+        }
+        let mut out = self.out();
+        if let (Some(baseline), None) = (&self.baseline, &report.error) {
+            table(&mut out, baseline, &self.rows);
+            leaks(&mut out, &report.leaks, self.tokio_unstable);
+            operations(&mut out, &report.concurrent_ops, &report.tests, &report.slow_ops);
+            counters(&mut out, &report.counters);
+        }
+        stall_summary(&mut out, &report.stalls);
+        summary(&mut out, report);
+    }
+}
 
 const GREEN: Style = AnsiColor::Green.on_default().bold();
 const RED: Style = AnsiColor::Red.on_default().bold();
@@ -32,6 +167,11 @@ pub fn warn(message: impl std::fmt::Display) {
     eprintln!("{YELLOW}warning{YELLOW:#}: {message}");
 }
 
+/// A setup error: its cause, and the lines that support it (the tail of the server log).
+pub fn setup_error(e: &SetupError) {
+    error(e, &e.detail());
+}
+
 /// An error line, with supporting lines indented below it.
 pub fn error(message: impl std::fmt::Display, detail: &[String]) {
     eprintln!("{RED}error{RED:#}: {message}");
@@ -41,12 +181,13 @@ pub fn error(message: impl std::fmt::Display, detail: &[String]) {
 }
 
 /// The line printed as each test finishes: outcome, time, name, and the groups that grew.
-pub fn test_line(record: &TestRecord, previous: Option<&Snapshot>) {
-    let (word, style) = match record.run.outcome {
-        Outcome::Passed => ("PASS", GREEN),
-        Outcome::Failed(_) | Outcome::SpawnFailed(_) => ("FAIL", RED),
-        Outcome::TimedOut => ("HANG", MAGENTA),
-        Outcome::Interrupted => ("STOP", YELLOW),
+fn test_line(out: &mut dyn Write, record: &TestRecord, previous: Option<&Snapshot>) {
+    let (outcome, detail) = TestOutcome::of(&record.run.outcome);
+    let (word, style) = match outcome {
+        TestOutcome::Passed => ("PASS", GREEN),
+        TestOutcome::Failed | TestOutcome::SpawnFailed => ("FAIL", RED),
+        TestOutcome::Hung => ("HANG", MAGENTA),
+        TestOutcome::Interrupted => ("STOP", YELLOW),
     };
     let mut grew = String::new();
     if let (Some(now), Some(before)) = (&record.snapshot, previous) {
@@ -60,22 +201,30 @@ pub fn test_line(record: &TestRecord, previous: Option<&Snapshot>) {
     for l in &record.lingering {
         grew.push_str(&format!("  {} op:{} still in flight", l.count, l.kind));
     }
-    println!(
+    say!(
+        out,
         "{style}{word:>12}{style:#} [{:>8}] {}{YELLOW}{grew}{YELLOW:#}",
         seconds(record.run.duration),
         record.case.id()
     );
-    match &record.run.outcome {
-        Outcome::Failed(_) | Outcome::SpawnFailed(_) | Outcome::TimedOut => {
-            let (_, detail) = outcome_name(&record.run.outcome);
+    match outcome {
+        TestOutcome::Failed | TestOutcome::SpawnFailed | TestOutcome::Hung => {
             if let Some(d) = detail {
-                println!("{:>12}   {d}", "");
+                say!(out, "{:>12}   {d}", "");
+            }
+            if let Some(p) = &record.run.panic {
+                let at = p.location.as_deref().map(|l| format!(" at {l}")).unwrap_or_default();
+                say!(out, "{:>12}   {BOLD}panicked{at}:{BOLD:#}", "");
+                for line in p.message.lines() {
+                    say!(out, "{:>12}     {RED}{line}{RED:#}", "");
+                }
             }
             for line in crate::rundir::tail(&record.run.log, 10) {
-                println!("{:>12}   {DIM}|{DIM:#} {line}", "");
+                say!(out, "{:>12}   {DIM}|{DIM:#} {line}", "");
             }
+            say!(out, "{:>12}   log: {}", "", record.run.log.display());
             for e in &record.run.evidence {
-                println!("{:>12}   evidence: {}", "", e.display());
+                say!(out, "{:>12}   evidence: {}", "", e.display());
             }
         }
         _ => {}
@@ -99,7 +248,7 @@ struct Column {
 /// The accumulation table: a row per test, a column per task group, counter or gauge that
 /// moved during the run, each cell the value and its change since the row above, and a
 /// sparkline of each column's course at the bottom.
-pub fn table(baseline: &Snapshot, tests: &[TestRecord]) {
+fn table(out: &mut dyn Write, baseline: &Snapshot, tests: &[Row]) {
     let rows: Vec<Option<&Snapshot>> =
         std::iter::once(Some(baseline)).chain(tests.iter().map(|t| t.snapshot.as_ref())).collect();
     let mut columns: Vec<Column> = Vec::new();
@@ -113,25 +262,17 @@ pub fn table(baseline: &Snapshot, tests: &[TestRecord]) {
     let op_kinds: BTreeSet<&str> = rows.iter().flatten().flat_map(|s| s.ops.iter().map(|o| o.kind.as_str())).collect();
     for kind in op_kinds {
         columns.push(Column {
-            title: format!("op:{kind}"),
+            title: measures::op_key(kind),
             values: rows
                 .iter()
                 .map(|s| s.map(|s| s.ops.iter().find(|o| o.kind == kind).map_or(0, |o| o.in_flight) as i128))
                 .collect(),
         });
     }
-    type Fact = fn(&Snapshot) -> u64;
-    let facts: [(&str, Fact); 5] = [
-        ("fd:socket", |s| s.process.fds.socket),
-        ("fd:file", |s| s.process.fds.file),
-        ("fd:pipe", |s| s.process.fds.pipe),
-        ("fd:other", |s| s.process.fds.other),
-        ("threads", |s| s.process.threads),
-    ];
-    for (title, read) in facts {
+    for m in measures::PROCESS {
         columns.push(Column {
-            title: title.to_owned(),
-            values: rows.iter().map(|s| s.map(|s| read(s) as i128)).collect(),
+            title: m.key.to_owned(),
+            values: rows.iter().map(|s| s.map(|s| (m.read)(s) as i128)).collect(),
         });
     }
     let counter_keys: BTreeSet<&str> =
@@ -154,17 +295,18 @@ pub fn table(baseline: &Snapshot, tests: &[TestRecord]) {
         known.windows(2).any(|w| w[0] != w[1])
     });
 
-    println!();
-    println!(
+    say!(out);
+    say!(
+        out,
         "{BOLD}Accumulation{BOLD:#} {DIM}(after each test, settled: live tasks per group; op: operations in flight; \
          fd: open descriptors; threads; # counters; ~ gauges){DIM:#}"
     );
     if columns.is_empty() {
-        println!("  nothing moved: no task group, operation, descriptor, thread, counter or gauge changed");
+        say!(out, "  nothing moved: no task group, operation, descriptor, thread, counter or gauge changed");
         return;
     }
     let names: Vec<String> =
-        std::iter::once("(baseline)".to_owned()).chain(tests.iter().map(|t| t.case.id())).collect();
+        std::iter::once("(baseline)".to_owned()).chain(tests.iter().map(|t| t.id.clone())).collect();
     let name_width = names.iter().map(|n| n.chars().count()).max().unwrap_or(10).min(48);
     let cells: Vec<Vec<String>> = columns.iter().map(|c| cells(&c.values)).collect();
     let widths: Vec<usize> = columns
@@ -177,20 +319,20 @@ pub fn table(baseline: &Snapshot, tests: &[TestRecord]) {
     for (c, w) in columns.iter().zip(&widths) {
         header.push_str(&format!("  {:>w$}", c.title, w = *w));
     }
-    println!("{BOLD}{header}{BOLD:#}");
+    say!(out, "{BOLD}{header}{BOLD:#}");
     for (i, name) in names.iter().enumerate() {
-        let result = if i == 0 { "" } else { outcome_name(&tests[i - 1].run.outcome).0 };
+        let result = if i == 0 { "" } else { tests[i - 1].outcome.name() };
         let mut line = format!("  {:>3}  {:<name_width$}  {:<6}", i, truncate(name, name_width), result);
         for (cs, w) in cells.iter().zip(&widths) {
             line.push_str(&format!("  {:>w$}", cs[i], w = *w));
         }
-        println!("{line}");
+        say!(out, "{line}");
     }
     let mut trend = format!("  {:>3}  {:<name_width$}  {:<6}", "", "trend", "");
     for (c, w) in columns.iter().zip(&widths) {
         trend.push_str(&format!("  {:>w$}", sparkline(&c.values), w = *w));
     }
-    println!("{DIM}{trend}{DIM:#}");
+    say!(out, "{DIM}{trend}{DIM:#}");
 }
 
 /// Column titles for group keys: a location key (`dir/file.rs:line`) is cut to its last
@@ -241,50 +383,62 @@ fn sparkline(values: &[Option<i128>]) -> String {
     known.iter().step_by(step).map(|v| BARS[(((v - min) * 7) / span) as usize]).collect()
 }
 
+/// Cuts `s` to `width` characters in the middle, so both the test target at the front and
+/// the end of the test's name stay readable.
 fn truncate(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
-        s.to_owned()
-    } else {
-        let tail: String = s.chars().rev().take(width - 1).collect::<Vec<_>>().into_iter().rev().collect();
-        format!("…{tail}")
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= width {
+        return s.to_owned();
     }
+    let keep = width.saturating_sub(1);
+    let head = keep / 2;
+    let tail = keep - head;
+    let mut out: String = chars[..head].iter().collect();
+    out.push('…');
+    out.extend(&chars[chars.len() - tail..]);
+    out
 }
 
 /// A stall, printed as it arrives.
-pub fn stall(s: &StallEntry) {
+fn stall(out: &mut dyn Write, s: &StallEntry) {
     let during = s.test.as_deref().map(|t| format!(" during {t}")).unwrap_or_default();
-    println!(
+    say!(
+        out,
         "{MAGENTA}{:>12}{MAGENTA:#} worker {} \"{}\" stuck in one poll for {} ms (threshold {} ms){during}",
-        "STALL", s.tid, s.thread, s.stuck_ms, s.threshold_ms
+        "STALL",
+        s.tid,
+        s.thread,
+        s.stuck_ms,
+        s.threshold_ms
     );
     if let Some(task) = &s.task {
         let group = task.group.as_deref().unwrap_or("?");
         let location = task.location.as_deref().map(|l| format!(" spawned at {l}")).unwrap_or_default();
-        println!("{:>12}   task {} of group `{group}`{location}", "", task.id);
+        say!(out, "{:>12}   task {} of group `{group}`{location}", "", task.id);
     }
     if let Some(culprit) = &s.blocked_in {
-        println!("{:>12}   blocked in {culprit}", "");
+        say!(out, "{:>12}   blocked in {culprit}", "");
     }
     if let Some(file) = &s.file {
-        println!("{:>12}   stack: {}", "", file.display());
+        say!(out, "{:>12}   stack: {}", "", file.display());
     }
 }
 
 /// The stalls again, after the table, so they are not lost in a long run's output.
-pub fn stall_summary(stalls: &[StallEntry]) {
+fn stall_summary(out: &mut dyn Write, stalls: &[StallEntry]) {
     if stalls.is_empty() {
         return;
     }
-    println!();
+    say!(out);
     for s in stalls {
         let during = s.test.as_deref().unwrap_or("?");
         let at = s.blocked_in.as_deref().unwrap_or("(no frame of the server's own code)");
-        println!("{MAGENTA}STALL{MAGENTA:#} {} ms in {at}, during {during}", s.stuck_ms);
+        say!(out, "{MAGENTA}STALL{MAGENTA:#} {} ms in {at}, during {during}", s.stuck_ms);
     }
 }
 
 /// A shutdown hang: what was still alive, and where the evidence is.
-pub fn shutdown_hang(shutdown: &ShutdownEntry, grace: Duration) {
+fn shutdown_hang(out: &mut dyn Write, shutdown: &ShutdownEntry, grace: Duration) {
     let evidence: Vec<String> = shutdown.evidence.iter().map(|p| format!("evidence: {}", p.display())).collect();
     error(
         format!("shutdown hang: the server was still running {} after SIGTERM and was killed", seconds(grace)),
@@ -294,19 +448,20 @@ pub fn shutdown_hang(shutdown: &ShutdownEntry, grace: Duration) {
         let age =
             s.oldest_age_ms.map(|ms| format!(", oldest {}", seconds(Duration::from_millis(ms)))).unwrap_or_default();
         let location = s.location.as_deref().map(|l| format!(" spawned at {l}")).unwrap_or_default();
-        println!("{MAGENTA}{:>12}{MAGENTA:#} `{}` {} live{age}{location}", "STILL ALIVE", s.group, s.live);
+        say!(out, "{MAGENTA}{:>12}{MAGENTA:#} `{}` {} live{age}{location}", "STILL ALIVE", s.group, s.live);
     }
 }
 
 /// The leak verdicts.
-pub fn leaks(leaks: &[Leak], tokio_unstable: bool) {
-    println!();
+fn leaks(out: &mut dyn Write, leaks: &[Leak], tokio_unstable: bool) {
+    say!(out);
     if leaks.is_empty() && tokio_unstable {
-        println!("{GREEN}No leaks{GREEN:#}: every task group is back at its baseline after settling.");
+        say!(out, "{GREEN}No leaks{GREEN:#}: every task group is back at its baseline after settling.");
         return;
     }
     if leaks.is_empty() {
-        println!(
+        say!(
+            out,
             "{GREEN}No leaks{GREEN:#} among named groups. This was a --stable build: tasks spawned without \
              hangcheck_runtime::spawn are not counted; drop --stable to count every task by spawn location."
         );
@@ -323,22 +478,27 @@ pub fn leaks(leaks: &[Leak], tokio_unstable: bool) {
             (MeasureKind::Fd, _) => format!("open file descriptors {BOLD}{}{BOLD:#}", leak.group),
             (MeasureKind::Threads, _) => format!("{BOLD}threads{BOLD:#}"),
         };
-        println!("{RED}LEAK{RED:#} {what}");
+        say!(out, "{RED}LEAK{RED:#} {what}");
         let age =
             leak.oldest_age_ms.map(|ms| format!(", oldest {}", seconds(Duration::from_millis(ms)))).unwrap_or_default();
-        println!(
+        say!(
+            out,
             "     live {} -> {} (+{}, allowed {}){age}",
-            leak.baseline, leak.final_live, leak.growth, leak.allowed
+            leak.baseline,
+            leak.final_live,
+            leak.growth,
+            leak.allowed
         );
         let by: Vec<String> = leak.leaked_by.iter().map(|b| format!("{} ({})", b.test, b.count)).collect();
-        println!("     leaked by: {}", by.join(", "));
+        say!(out, "     leaked by: {}", by.join(", "));
     }
 }
 
 /// Overlapping operations, slow operations.
-pub fn operations(concurrent: &[ConcurrentOps], tests: &[TestRecord], slow: &[SlowOps]) {
+fn operations(out: &mut dyn Write, concurrent: &[ConcurrentOps], tests: &[TestEntry], slow: &[SlowOps]) {
     for c in concurrent {
-        println!(
+        say!(
+            out,
             "{RED}CONCURRENT{RED:#} {} operations `{}` in flight at once for key {}, started in {}",
             c.max_in_flight,
             c.kind,
@@ -348,52 +508,59 @@ pub fn operations(concurrent: &[ConcurrentOps], tests: &[TestRecord], slow: &[Sl
     }
     let lingering: Vec<String> = tests
         .iter()
-        .flat_map(|t| t.lingering.iter().map(move |l| format!("{} ({} {})", t.case.id(), l.count, l.kind)))
+        .flat_map(|t| t.ops_in_flight_after.iter().map(move |l| format!("{} ({} {})", t.id, l.count, l.kind)))
         .collect();
     if !lingering.is_empty() {
-        println!("{YELLOW}In flight after their test ended{YELLOW:#}: {}", lingering.join(", "));
+        say!(out, "{YELLOW}In flight after their test ended{YELLOW:#}: {}", lingering.join(", "));
     }
     for o in slow {
         let age =
             o.oldest_age_ms.map(|ms| format!(", oldest {}", seconds(Duration::from_millis(ms)))).unwrap_or_default();
-        println!(
+        say!(
+            out,
             "{YELLOW}SLOW{YELLOW:#} operations `{}` past their budget: {} in flight, {} finished late{age}",
-            o.kind, o.in_flight, o.finished
+            o.kind,
+            o.in_flight,
+            o.finished
         );
     }
 }
 
 /// Counters side by side with their per-test rises, as data: no rule is applied, so a
 /// reader compares, say, disconnects with deletes.
-pub fn counters(entries: &[CounterEntry]) {
+fn counters(out: &mut dyn Write, entries: &[CounterEntry]) {
     if entries.is_empty() {
         return;
     }
-    println!();
-    println!("{BOLD}Counters{BOLD:#} {DIM}(total, then the rise in each test){DIM:#}");
+    say!(out);
+    say!(out, "{BOLD}Counters{BOLD:#} {DIM}(total, then the rise in each test){DIM:#}");
     let width = entries.iter().map(|e| e.name.len()).max().unwrap_or(0);
     for e in entries {
         let rises: Vec<String> = e.per_test.iter().map(|r| r.map_or("?".to_owned(), |r| format!("+{r}"))).collect();
-        println!("  {:<width$}  {:>6}  {DIM}{}{DIM:#}", e.name, e.total, rises.join(" "));
+        say!(out, "  {:<width$}  {:>6}  {DIM}{}{DIM:#}", e.name, e.total, rises.join(" "));
     }
 }
 
 /// The closing summary.
-pub fn summary(report: &Report) {
-    let count = |o: &str| report.tests.iter().filter(|t| t.outcome == o).count();
-    let (passed, failed, hung) = (count("passed"), count("failed") + count("spawn-failed"), count("hung"));
+fn summary(out: &mut dyn Write, report: &Report) {
+    let count = |o: TestOutcome| report.tests.iter().filter(|t| t.outcome == o).count();
+    let (passed, failed, hung) = (
+        count(TestOutcome::Passed),
+        count(TestOutcome::Failed) + count(TestOutcome::SpawnFailed),
+        count(TestOutcome::Hung),
+    );
     let style = if report.exit_code == 0 { GREEN } else { RED };
-    println!();
-    println!(
+    say!(out);
+    say!(out,
         "{style}Summary{style:#} {} tests: {passed} passed, {failed} failed, {hung} hung; {} leak{}; {} stall{}; shutdown {}",
         report.tests.len(),
         report.leaks.len(),
         if report.leaks.len() == 1 { "" } else { "s" },
         report.stalls.len(),
         if report.stalls.len() == 1 { "" } else { "s" },
-        report.shutdown.outcome,
+        report.shutdown.outcome.name(),
     );
-    println!("{DIM}Report: {}{DIM:#}", report.run_dir.join("report.json").display());
+    say!(out, "{DIM}Report: {}{DIM:#}", report.run_dir.join("report.json").display());
 }
 
 #[cfg(test)]
@@ -411,6 +578,14 @@ mod tests {
         assert_eq!(short_titles(&keys), vec!["conn", "…/src/main.rs:63", "…/buffer/service.rs:57"]);
         let clash: BTreeSet<&str> = ["a/src/main.rs:1", "b/src/main.rs:1"].into();
         assert_eq!(short_titles(&clash), vec!["a/src/main.rs:1", "b/src/main.rs:1"]);
+    }
+
+    #[test]
+    fn long_labels_are_cut_in_the_middle() {
+        assert_eq!(truncate("e2e::short", 20), "e2e::short");
+        let cut = truncate("e2e::a_very_long_test_name_that_goes_on", 20);
+        assert_eq!(cut, "e2e::a_ve…at_goes_on");
+        assert_eq!(cut.chars().count(), 20);
     }
 
     #[test]

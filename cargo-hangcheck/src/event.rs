@@ -1,0 +1,141 @@
+//! What happens in a run, as typed events: the one seam between running and reporting.
+//!
+//! The run ([`crate::run`]) only says what happened; reporters ([`crate::report`]) decide
+//! what to make of it. The terminal, `report.json`, JUnit XML and `--message-format json`
+//! all fold the same sequence of events, so they cannot disagree, and a new output is a
+//! new reporter rather than a change to the run. cargo-nextest's `TestEvent` → displayer
+//! and aggregator is the model.
+//!
+//! Events borrow from the run; a reporter that needs something later copies it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hangcheck_runtime::protocol::{Snapshot, StackSource};
+
+use crate::analysis::{ConcurrentOps, Leak};
+use crate::errors::SetupError;
+use crate::leftovers::Leftover;
+use crate::report::{ShutdownEntry, StallEntry, TestRecord};
+use crate::suite::TestCase;
+
+/// One thing that happened in a run, in the order it happened.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// cargo is about to build the server and the tests.
+    Building {
+        /// The package under test.
+        package: &'a str,
+        /// Its server bin target.
+        server_bin: &'a str,
+        /// The test targets.
+        test_targets: &'a [String],
+    },
+    /// The build is done, the run directory exists and the tests are listed; the server
+    /// is about to start.
+    RunStarted {
+        /// The package under test.
+        package: &'a str,
+        /// The server bin target.
+        server_bin: &'a str,
+        /// Built with `--cfg tokio_unstable` (every task counted by spawn location).
+        tokio_unstable: bool,
+        /// The run directory.
+        run_dir: &'a Path,
+        /// The tests that will run, in order.
+        tests: &'a [TestCase],
+    },
+    /// The server said hello and announced its addresses.
+    ServerReady {
+        /// Its pid.
+        pid: u32,
+        /// What its agent says it can do.
+        capabilities: &'a [String],
+        /// Its announced addresses, by name.
+        addresses: &'a BTreeMap<String, String>,
+        /// Its log file.
+        log: &'a Path,
+    },
+    /// The snapshot once the server was up, before the first test.
+    Baseline {
+        /// The snapshot.
+        snapshot: &'a Snapshot,
+    },
+    /// A test is about to run in its own epoch.
+    TestStarted {
+        /// Which test.
+        case: &'a TestCase,
+        /// Its epoch: what the server starts during it is its doing.
+        epoch: u64,
+    },
+    /// A test ran past its timeout; the server's stacks are being taken before it is
+    /// stopped.
+    TestHung {
+        /// Which test.
+        case: &'a TestCase,
+    },
+    /// Evidence about the server was written and fsynced, before anything was signalled.
+    EvidenceWritten {
+        /// The test it is about, or `None` for the server's shutdown.
+        test: Option<&'a str>,
+        /// The files.
+        files: &'a [PathBuf],
+        /// Who took the stacks in them.
+        source: StackSource,
+    },
+    /// A test ended and the server settled after it.
+    TestFinished {
+        /// The test, its outcome, and its settled snapshot.
+        record: &'a TestRecord,
+    },
+    /// A process of the run (started by a test or the server) was still alive after its
+    /// test, or after the server; it was written down, then ended.
+    Leftover {
+        /// The process, who started it, and how it was ended.
+        leftover: &'a Leftover,
+        /// What it outlived: a test's id, or "the end of the run".
+        after: &'a str,
+        /// The file it was written to.
+        file: &'a Path,
+    },
+    /// A worker was caught stuck inside one poll.
+    Stall {
+        /// The stall.
+        stall: &'a StallEntry,
+    },
+    /// The agent sent something malformed.
+    ProtocolError {
+        /// What was wrong.
+        message: &'a str,
+    },
+    /// The settled snapshot after the last test.
+    FinalSnapshot {
+        /// The snapshot.
+        snapshot: &'a Snapshot,
+    },
+    /// The run's leak verdicts, once the final snapshot is in.
+    Verdicts {
+        /// What grew beyond the policy.
+        leaks: &'a [Leak],
+        /// Operations of one key in flight together.
+        concurrent: &'a [ConcurrentOps],
+    },
+    /// The server was stopped.
+    Shutdown {
+        /// How it went.
+        shutdown: &'a ShutdownEntry,
+        /// The grace it had between SIGTERM and SIGKILL.
+        grace: Duration,
+    },
+    /// Something the user should know that does not stop the run.
+    Warning {
+        /// One line.
+        message: &'a str,
+    },
+    /// The run could not start or could not go on.
+    SetupError {
+        /// Why.
+        error: &'a SetupError,
+    },
+}

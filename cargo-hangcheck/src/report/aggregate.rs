@@ -1,0 +1,211 @@
+//! Folding a run's events into its [`Report`]: what `report.json` and `junit.xml` say.
+//!
+//! The verdict is decided here, from what the events said, so every output shows the same
+//! one: a setup error stops the judging, except that a run that ended because something
+//! hung reports the hang.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hangcheck_runtime::protocol::Snapshot;
+
+use super::{Report, Reporter, ServerEntry, ShutdownEntry, ShutdownOutcome, StallEntry, TestEntry, Verdict};
+use crate::analysis::{ConcurrentOps, Leak};
+use crate::errors::SetupError;
+use crate::event::Event;
+
+/// The report as far as the run has got.
+#[derive(Default)]
+pub struct Aggregator {
+    package: String,
+    server: ServerEntry,
+    run_dir: PathBuf,
+    tests: Vec<TestEntry>,
+    /// Each test's settled snapshot, in run order, for the counters.
+    snapshots: Vec<Option<Snapshot>>,
+    baseline: Option<Snapshot>,
+    /// The latest settled snapshot: the final one, or the last test's if the run stopped.
+    last: Option<Snapshot>,
+    leaks: Vec<Leak>,
+    concurrent: Vec<ConcurrentOps>,
+    stalls: Vec<StallEntry>,
+    shutdown: ShutdownEntry,
+    protocol_errors: Vec<String>,
+    leftovers: Vec<crate::leftovers::Leftover>,
+    error: Option<(String, bool)>,
+}
+
+impl Reporter for Aggregator {
+    fn event(&mut self, event: &Event<'_>) {
+        match *event {
+            Event::Building { package, server_bin, .. } => {
+                self.package = package.to_owned();
+                self.server.bin = server_bin.to_owned();
+            }
+            Event::RunStarted { package, server_bin, tokio_unstable, run_dir, .. } => {
+                self.package = package.to_owned();
+                self.server.bin = server_bin.to_owned();
+                self.server.tokio_unstable = tokio_unstable;
+                self.server.log = Some(run_dir.join("server.log"));
+                self.run_dir = run_dir.to_owned();
+            }
+            Event::ServerReady { pid, capabilities, addresses, log } => {
+                self.server.pid = Some(pid);
+                self.server.capabilities = capabilities.to_vec();
+                self.server.addresses = addresses.clone();
+                self.server.log = Some(log.to_owned());
+            }
+            Event::Baseline { snapshot } => {
+                self.baseline = Some(snapshot.clone());
+                self.last = Some(snapshot.clone());
+            }
+            Event::TestFinished { record } => {
+                self.tests.push(TestEntry::from_record(record));
+                self.snapshots.push(record.snapshot.clone());
+                if let Some(s) = &record.snapshot {
+                    self.last = Some(s.clone());
+                }
+            }
+            Event::Stall { stall } => self.stalls.push(stall.clone()),
+            Event::Leftover { leftover, .. } => self.leftovers.push(leftover.clone()),
+            Event::ProtocolError { message } => self.protocol_errors.push(message.to_owned()),
+            Event::FinalSnapshot { snapshot } => self.last = Some(snapshot.clone()),
+            Event::Verdicts { leaks, concurrent } => {
+                self.leaks = leaks.to_vec();
+                self.concurrent = concurrent.to_vec();
+            }
+            Event::Shutdown { shutdown, .. } => self.shutdown = shutdown.clone(),
+            Event::SetupError { error } => {
+                self.error = Some((error.to_string(), matches!(error, SetupError::Interrupted)));
+            }
+            Event::TestStarted { .. }
+            | Event::TestHung { .. }
+            | Event::EvidenceWritten { .. }
+            | Event::Warning { .. } => {}
+        }
+    }
+
+    fn finished(&mut self, _report: &Report) {}
+}
+
+impl Aggregator {
+    /// The report of the run, with its verdict.
+    pub fn finish(self, duration: Duration) -> Report {
+        let hang = self.shutdown.outcome == ShutdownOutcome::Hung || !self.stalls.is_empty();
+        let verdict = match &self.error {
+            Some((_, true)) => Verdict::Interrupted,
+            // A run that ended because something hung reports the hang.
+            Some(_) if hang || self.tests.iter().any(|t| t.outcome == super::TestOutcome::Hung) => Verdict::Hang,
+            Some(_) => Verdict::SetupError,
+            None => match super::verdict(&self.tests, &self.leaks, &self.concurrent, hang) {
+                // A process left running is a leak too.
+                Verdict::Ok if !self.leftovers.is_empty() => Verdict::Leaks,
+                v => v,
+            },
+        };
+        Report {
+            format_version: super::FORMAT_VERSION,
+            hangcheck_version: env!("CARGO_PKG_VERSION"),
+            package: self.package,
+            verdict,
+            exit_code: verdict.exit_code(),
+            error: self.error.map(|(message, _)| message),
+            server: self.server,
+            run_dir: self.run_dir,
+            duration_ms: duration.as_millis() as u64,
+            tests: self.tests,
+            slow_ops: self.last.as_ref().map(super::slow_ops).unwrap_or_default(),
+            counters: self.baseline.as_ref().map(|b| super::counters(b, &self.snapshots)).unwrap_or_default(),
+            baseline: self.baseline,
+            final_snapshot: self.last,
+            leaks: self.leaks,
+            concurrent_ops: self.concurrent,
+            stalls: self.stalls,
+            shutdown: self.shutdown,
+            protocol_errors: self.protocol_errors,
+            leftover_processes: self.leftovers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::report::{Reporter, ShutdownEntry, TestOutcome, TestRecord};
+    use crate::suite::{Outcome, TestCase, TestRun};
+
+    fn record(name: &str, epoch: u64, outcome: Outcome) -> TestRecord {
+        TestRecord {
+            case: TestCase { target: "e2e".into(), name: name.into(), exe: "t".into() },
+            epoch,
+            run: TestRun {
+                outcome,
+                duration: Duration::from_millis(3),
+                log: "log".into(),
+                evidence: vec![],
+                panic: None,
+            },
+            snapshot: Some(Snapshot::default()),
+            stacks_source: None,
+            lingering: vec![],
+            settle: Duration::ZERO,
+        }
+    }
+
+    fn fold(events: &[Event<'_>]) -> Report {
+        let mut a = Aggregator::default();
+        let started = Event::RunStarted {
+            package: "p",
+            server_bin: "s",
+            tokio_unstable: true,
+            run_dir: Path::new("/runs/1"),
+            tests: &[],
+        };
+        a.event(&started);
+        for e in events {
+            a.event(e);
+        }
+        a.finish(Duration::from_millis(10))
+    }
+
+    #[test]
+    fn the_most_severe_finding_decides_the_verdict() {
+        let pass = record("a", 1, Outcome::Passed);
+        let fail = record("b", 2, Outcome::Failed("exit status: 101".into()));
+        let hung = record("c", 3, Outcome::TimedOut);
+        let clean = ShutdownEntry { outcome: ShutdownOutcome::Clean, ..ShutdownEntry::default() };
+        let shutdown = Event::Shutdown { shutdown: &clean, grace: Duration::from_secs(1) };
+
+        let ok = fold(&[Event::TestFinished { record: &pass }, shutdown]);
+        assert_eq!((ok.verdict, ok.exit_code), (Verdict::Ok, 0));
+        assert_eq!(ok.tests[0].outcome, TestOutcome::Passed);
+        assert_eq!(ok.server.log.as_deref(), Some(Path::new("/runs/1/server.log")));
+
+        let shutdown = Event::Shutdown { shutdown: &clean, grace: Duration::from_secs(1) };
+        let failed = fold(&[Event::TestFinished { record: &pass }, Event::TestFinished { record: &fail }, shutdown]);
+        assert_eq!(failed.verdict, Verdict::TestsFailed);
+        assert_eq!(failed.tests[1].detail.as_deref(), Some("exit status: 101"));
+
+        let shutdown = Event::Shutdown { shutdown: &clean, grace: Duration::from_secs(1) };
+        let hang = fold(&[Event::TestFinished { record: &fail }, Event::TestFinished { record: &hung }, shutdown]);
+        assert_eq!((hang.verdict, hang.exit_code), (Verdict::Hang, crate::exit::HANG));
+    }
+
+    #[test]
+    fn a_setup_error_wins_unless_something_hung_or_the_run_was_interrupted() {
+        let hung = record("c", 1, Outcome::TimedOut);
+        let died = SetupError::Server { cause: "the server exited".into(), log: None };
+        let error = fold(&[Event::SetupError { error: &died }]);
+        assert_eq!((error.verdict, error.error.as_deref()), (Verdict::SetupError, Some("the server exited")));
+        assert_eq!(error.shutdown.outcome, ShutdownOutcome::NotReached);
+
+        let after_hang = fold(&[Event::TestFinished { record: &hung }, Event::SetupError { error: &died }]);
+        assert_eq!(after_hang.verdict, Verdict::Hang);
+
+        let interrupted =
+            fold(&[Event::TestFinished { record: &hung }, Event::SetupError { error: &SetupError::Interrupted }]);
+        assert_eq!((interrupted.verdict, interrupted.exit_code), (Verdict::Interrupted, 130));
+    }
+}
