@@ -2,7 +2,8 @@
 //! server after every test what it holds, and names what leaks and what hangs.
 //!
 //! The modules follow the steps of a run (docs/design.md): [`config`] → [`build`] →
-//! [`server`] (with [`link`], the agent connection) → [`suite`] → [`settle`] →
+//! [`server`] (with [`link`], the agent connection) → [`suite`] (and [`harness`], a
+//! test target's trials in one process) → [`settle`] →
 //! [`analysis`] (over the [`measures`]) → [`report`], with [`process`] owning every
 //! child's lifecycle and [`rundir`] every artifact. [`run`] orchestrates and says what
 //! happens as [`event`]s; every output (terminal, report.json, JUnit, JSON lines) is a
@@ -17,6 +18,7 @@ mod config;
 mod errors;
 mod event;
 mod exit;
+mod harness;
 mod leftovers;
 mod libtest;
 mod link;

@@ -21,6 +21,7 @@ use crate::cli::{MessageFormat, TestArgs};
 use crate::config::Config;
 use crate::errors::SetupError;
 use crate::event::Event;
+use crate::harness::{self, Harnesses};
 use crate::leftovers;
 use crate::ondemand;
 use crate::report::{self, json::JsonLines, terminal::Displayer, Reporter, Reporters};
@@ -72,8 +73,18 @@ fn prepare_and_run(args: &TestArgs, reporters: &mut Reporters) -> (Result<(), Se
         Err(e) => return (Err(SetupError::io("cannot create the run directory")(e)), None),
     };
     let marker = ondemand::announce_runner(&run_dir, &config.package);
-    let mut run =
-        Run { config, built, run_dir, signals, reporters, server: None, baseline: None, last: None, tests: Vec::new() };
+    let mut run = Run {
+        config,
+        built,
+        run_dir,
+        signals,
+        reporters,
+        server: None,
+        baseline: None,
+        last: None,
+        tests: Vec::new(),
+        harnesses: Harnesses::default(),
+    };
     let mut result = run.execute();
     run.stop_server();
     let found = leftovers::find(&[], |_| true);
@@ -97,11 +108,14 @@ struct Run<'r> {
     baseline: Option<Snapshot>,
     last: Option<Snapshot>,
     tests: Vec<TestRecord>,
+    /// The single-process path's harness processes.
+    harnesses: Harnesses,
 }
 
 impl Run<'_> {
     fn execute(&mut self) -> Result<(), SetupError> {
         let cases = suite::list(&self.config, &self.built, &self.run_dir, &self.signals)?;
+        self.harnesses = Harnesses::new(&cases);
         self.reporters.emit(Event::RunStarted {
             package: &self.config.package,
             server_bin: &self.config.server_bin,
@@ -132,6 +146,7 @@ impl Run<'_> {
                 break;
             }
         }
+        self.harnesses.finish(&self.signals);
         if self.signals.interrupted() {
             return Ok(());
         }
@@ -175,9 +190,19 @@ impl Run<'_> {
             stacks_source: None,
             last_asked,
         };
-        let run = suite::run(case, &self.config, &env, &self.run_dir, &self.signals, &mut probe);
+        let run = if case.in_process {
+            let cx =
+                harness::Context { config: &self.config, env: &env, run_dir: &self.run_dir, signals: &self.signals };
+            self.harnesses.run(case, &cx, &mut probe)
+        } else {
+            suite::run(case, &self.config, &env, &self.run_dir, &self.signals, &mut probe)
+        };
         let stacks_source = probe.stacks_source;
-        let found = leftovers::find(&[server.child.pid()], |who| who == id);
+        // A harness process lives on between its trials; what it detached belongs to
+        // the trial just run.
+        let harness = self.harnesses.running();
+        let children: Vec<u32> = std::iter::once(server.child.pid()).chain(harness.map(|(pid, _)| pid)).collect();
+        let found = leftovers::find(&children, |who| who == id || harness.is_some_and(|(_, by)| who == by));
         self.end_leftovers(found, &id, &format!("after-{id}"));
         self.take_events(Some(&id));
         let mut record = TestRecord {

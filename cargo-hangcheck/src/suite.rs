@@ -4,10 +4,16 @@
 //! Tests are libtest binaries: `--list --format terse` lists them, `--exact NAME
 //! --nocapture` runs one. Their output goes straight to a log file in the run directory
 //! (no pipe, so a chatty test can never block on a full pipe).
+//!
+//! A target built on `hangcheck_runtime::harness` says so when listed (see
+//! [`hangcheck_runtime::protocol::HARNESS_MARKER`]); its tests run in one process instead,
+//! through [`crate::harness`]. One package may mix both kinds of target.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use hangcheck_runtime::protocol::{HARNESS_MARKER, HARNESS_PROBE_ENV};
 
 use crate::build::Built;
 use crate::config::Config;
@@ -28,6 +34,8 @@ pub struct TestCase {
     pub name: String,
     /// The test binary.
     pub exe: PathBuf,
+    /// Whether the binary is a hangcheck harness, whose tests run in one process.
+    pub in_process: bool,
 }
 
 impl TestCase {
@@ -75,6 +83,7 @@ pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals)
             run_dir.log_file(format!("tests/{target}.list")).map_err(SetupError::io("cannot create a log file"))?;
         let mut cmd = Command::new(exe);
         cmd.args(["--list", "--format", "terse"])
+            .env(HARNESS_PROBE_ENV, "1")
             .current_dir(&config.package_dir)
             .stdin(Stdio::null())
             .stdout(out)
@@ -94,10 +103,11 @@ pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals)
             Wait::Interrupted => return Err(SetupError::Interrupted),
         }
         let listing = std::fs::read_to_string(&out_path).map_err(SetupError::io("cannot read a test listing"))?;
+        let in_process = listing.lines().next().is_some_and(|l| l.split(' ').next() == Some(HARNESS_MARKER));
         for line in listing.lines() {
             let Some(name) = line.strip_suffix(": test") else { continue };
             if config.filters.is_empty() || config.filters.iter().any(|f| name.contains(f.as_str())) {
-                cases.push(TestCase { target: target.clone(), name: name.to_owned(), exe: exe.clone() });
+                cases.push(TestCase { target: target.clone(), name: name.to_owned(), exe: exe.clone(), in_process });
             }
         }
     }
@@ -114,7 +124,7 @@ pub trait Probe {
 }
 
 /// How often a running test's wait hands control to [`Probe::tick`].
-const TICK: Duration = Duration::from_millis(50);
+pub const TICK: Duration = Duration::from_millis(50);
 
 /// Runs one test in its own process group under the per-test timeout.
 pub fn run(
@@ -176,8 +186,8 @@ pub fn run(
 }
 
 /// Time a hung test gets between SIGTERM and SIGKILL.
-const TEST_GRACE: Duration = Duration::from_secs(1);
+pub const TEST_GRACE: Duration = Duration::from_secs(1);
 
-fn spawn_failed(why: String, log: PathBuf) -> TestRun {
+pub fn spawn_failed(why: String, log: PathBuf) -> TestRun {
     TestRun { outcome: Outcome::SpawnFailed(why), duration: Duration::ZERO, log, evidence: Vec::new(), panic: None }
 }

@@ -30,6 +30,9 @@
 
 pub mod protocol;
 
+#[cfg(feature = "harness")]
+pub mod harness;
+
 #[cfg(feature = "agent")]
 mod agent;
 #[cfg(feature = "agent")]

@@ -32,6 +32,33 @@
 //! | `stall`    | at once, when a worker is stuck in one poll past the threshold |
 //! | `ack`      | the answer to a request that returns nothing                   |
 //! | `error`    | a request the agent could not parse or answer; `id` if known   |
+//!
+//! # Trials: a hangcheck harness and the runner
+//!
+//! A test target built on `hangcheck_runtime::harness` runs all its trials in one
+//! process. So that every verdict is still per trial, the harness tells the runner where
+//! each trial starts and ends, on a second socket of its own: the runner listens in a
+//! private directory, as for the agent, and hands the path to the harness process in
+//! [`HARNESS_SOCKET_ENV`]. Same framing, limits and version as above.
+//!
+//! The runner finds out that a target is a hangcheck harness while listing it: it runs
+//! `--list --format terse` with [`HARNESS_PROBE_ENV`] set, and a harness answers with the
+//! line [`HARNESS_MARKER`] before the trials it would run (ignored trials left out). A
+//! libtest binary ignores the variable, so its listing has no such line.
+//!
+//! | direction        | `type`  | fields            | meaning                                   |
+//! |------------------|---------|-------------------|-------------------------------------------|
+//! | harness → runner | `hello` | `pid`             | first, once ([`TrialMessage::Hello`])     |
+//! | runner → harness | `plan`  | `trials`          | the trials to run, in order ([`TrialReply::Plan`]) |
+//! | harness → runner | `start` | `name`            | about to run a trial; waits for `go`      |
+//! | runner → harness | `go`    | `name`            | the new epoch is set: run it              |
+//! | harness → runner | `end`   | `name`, `outcome` | the trial is over                         |
+//!
+//! The harness waits for `go` before each trial, so the runner settles and snapshots
+//! after one trial, and starts the next epoch, while the harness is idle: the same steps
+//! as between two test processes. A trial past its timeout is a hang: the runner takes
+//! the server's evidence, stops the harness process, and starts it again with a plan of
+//! the trials not yet run.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -535,6 +562,75 @@ pub struct StalledTask {
     pub location: Option<String>,
 }
 
+/// The environment variable that carries the runner's trial socket to a hangcheck
+/// harness; without it the harness runs on its own (plain `cargo test`).
+pub const HARNESS_SOCKET_ENV: &str = "HANGCHECK_HARNESS_SOCKET";
+
+/// Set (to `1`) while the runner lists a test target, to find out whether it is a
+/// hangcheck harness.
+pub const HARNESS_PROBE_ENV: &str = "HANGCHECK_HARNESS_PROBE";
+
+/// The first line of a hangcheck harness's listing under [`HARNESS_PROBE_ENV`]; the
+/// number after it is [`VERSION`].
+pub const HARNESS_MARKER: &str = "hangcheck-harness";
+
+/// A message from a hangcheck harness to the runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TrialMessage {
+    /// The first message on a connection.
+    Hello {
+        /// The harness process's id.
+        pid: u32,
+    },
+    /// The harness is about to run this trial and waits for [`TrialReply::Go`].
+    Start {
+        /// The trial's name, as listed.
+        name: String,
+    },
+    /// The trial is over.
+    End {
+        /// The trial's name.
+        name: String,
+        /// How it ended.
+        outcome: TrialOutcome,
+    },
+}
+
+/// How a trial ended, as the harness saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TrialOutcome {
+    /// It returned `Ok(())`.
+    Passed,
+    /// It returned an error or panicked; the message is in the harness's output.
+    Failed,
+    /// It was ignored (`Trial::with_ignored_flag`) or ignored itself at run time.
+    Ignored,
+}
+
+/// A message from the runner to a hangcheck harness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TrialReply {
+    /// The trials to run, in this order; the answer to [`TrialMessage::Hello`].
+    Plan {
+        /// Trial names, as listed.
+        trials: Vec<String>,
+    },
+    /// Run the trial now; the answer to [`TrialMessage::Start`].
+    Go {
+        /// The trial's name.
+        name: String,
+    },
+}
+
+/// The largest message either side of the trial socket may send.
+pub const MAX_TRIAL_MESSAGE: usize = 1024 * 1024;
+
 /// What can go wrong reading or writing a message.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -694,6 +790,25 @@ mod tests {
             let back: AgentMessage = decode(&line, MAX_AGENT_MESSAGE).unwrap();
             assert_eq!(back, msg);
         }
+    }
+
+    #[test]
+    fn round_trip_every_trial_message() {
+        let msgs = vec![
+            TrialMessage::Hello { pid: 7 },
+            TrialMessage::Start { name: "ping".into() },
+            TrialMessage::End { name: "ping".into(), outcome: TrialOutcome::Failed },
+        ];
+        for msg in msgs {
+            let back: TrialMessage = decode(&encode(&msg), MAX_TRIAL_MESSAGE).unwrap();
+            assert_eq!(back, msg);
+        }
+        for reply in [TrialReply::Plan { trials: vec!["a".into(), "b".into()] }, TrialReply::Go { name: "a".into() }] {
+            let back: TrialReply = decode(&encode(&reply), MAX_TRIAL_MESSAGE).unwrap();
+            assert_eq!(back, reply);
+        }
+        let line = encode(&TrialMessage::End { name: "x".into(), outcome: TrialOutcome::Passed });
+        assert_eq!(line, b"{\"v\":1,\"type\":\"end\",\"name\":\"x\",\"outcome\":{\"status\":\"passed\"}}\n");
     }
 
     #[test]

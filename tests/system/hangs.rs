@@ -4,13 +4,9 @@
 
 use std::path::Path;
 
-use crate::util::{assert_no_process_with, hangcheck_test, marker, run_dir_of, spawn_runner, wait_for};
+use crate::util::{assert_no_process_with, hangcheck_test, marker, read, run_dir_of, spawn_runner, wait_for};
 
 const HANG: i32 = 6;
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 #[test]
 fn a_blocked_worker_is_caught_with_the_handler_that_blocked_it() {

@@ -6,6 +6,7 @@ mod agent;
 mod bad_input;
 mod every_task;
 mod hangs;
+mod harness;
 mod leaks;
 mod lifecycle;
 mod reporting;

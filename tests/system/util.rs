@@ -227,3 +227,8 @@ pub fn leaked_by(leak: &serde_json::Value) -> Vec<(&str, u64)> {
         .map(|b| (b["test"].as_str().unwrap(), b["count"].as_u64().unwrap()))
         .collect()
 }
+
+/// A file's text; a missing file fails the test with its path.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
