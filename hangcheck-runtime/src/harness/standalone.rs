@@ -115,7 +115,7 @@ impl Server {
         let stream = loop {
             match listener.accept() {
                 Ok((stream, _)) => break stream,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
                 Err(e) => return Err(format!("cannot accept the server's agent: {e}")),
             }
             self.check(deadline, "connect to the harness; does its main use #[hangcheck_runtime::main]")?;
