@@ -24,13 +24,16 @@ build() { # dir rustflags extra-args...
 STABLE=$T/stable/release/hangcheck-bench
 UNSTABLE=$T/unstable/release/hangcheck-bench
 CONSOLE=$T/console/release/hangcheck-bench
-echo "building the bench binary (stable, tokio_unstable, console-subscriber)..." >&2
-build stable "" --release
-build unstable "--cfg tokio_unstable" --release
-build console "--cfg tokio_unstable" --release --features console
-# Servers under test are usually debug builds: stack symbolisation is measured there too.
-build debug ""
 DEBUG=$T/debug/debug/hangcheck-bench
+# Every benchmark but `runner` (which builds what it runs itself) needs these.
+build_all() {
+    echo "building the bench binary (stable, tokio_unstable, console-subscriber)..." >&2
+    build stable "" --release
+    build unstable "--cfg tokio_unstable" --release
+    build console "--cfg tokio_unstable" --release --features console
+    # Servers under test are usually debug builds: stack symbolisation is measured there too.
+    build debug ""
+}
 
 machine() {
     echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(rustc --version)"
@@ -188,6 +191,7 @@ run_runner() {
     # Warm every build first: only running is timed.
     cargo build --quiet -p cargo-hangcheck
     cargo hangcheck test -p hangcheck-bench >/dev/null 2>&1 || true
+    cargo hangcheck test -p hangcheck-bench --test fifty_harness >/dev/null 2>&1 || true
     local server=target/hangcheck/build/debug/hangcheck-bench
     cargo test --quiet -p hangcheck-bench --test fifty --no-run >/dev/null 2>&1
     cargo nextest run -p hangcheck-bench --test fifty --no-run >/dev/null 2>&1 || true
@@ -198,44 +202,55 @@ run_runner() {
     until grep -q "listening on" "$T/server.out"; do sleep 0.1; done
     export HANGCHECK_ADDR_PING
     HANGCHECK_ADDR_PING=$(sed -n 's/^listening on //p' "$T/server.out")
-    local hc=() nx=() nx1=() ct=()
+    local hc=() nx=() nx1=() ct=() hh=()
     local installed=() runner=target/debug/cargo-hangcheck
     for _ in 1 2 3; do
         hc+=("$(elapsed_ms cargo hangcheck test -p hangcheck-bench)")
         installed+=("$(elapsed_ms "$runner" hangcheck test -p hangcheck-bench)")
+        hh+=("$(elapsed_ms "$runner" hangcheck test -p hangcheck-bench --test fifty_harness)")
         nx+=("$(elapsed_ms cargo nextest run -p hangcheck-bench --test fifty)")
         nx1+=("$(elapsed_ms cargo nextest run -p hangcheck-bench --test fifty --test-threads 1)")
         ct+=("$(elapsed_ms cargo test -q -p hangcheck-bench --test fifty)")
     done
     kill $pid 2>/dev/null || true
     trap - EXIT
-    local report
-    report=$(ls -td target/hangcheck/runs/*/ | head -1)report.json
-    python3 - "$OUT" "$(median3 "${hc[@]}")" "$(median3 "${installed[@]}")" "$(median3 "${nx[@]}")" "$(median3 "${nx1[@]}")" "$(median3 "${ct[@]}")" "$report" <<'PY'
+    # The last run of each kind: process per test, then the harness.
+    local report harness_report
+    harness_report=$(ls -td target/hangcheck/runs/*/ | head -1)report.json
+    report=$(ls -td target/hangcheck/runs/*/ | sed -n 2p)report.json
+    python3 - "$OUT" "$(median3 "${hc[@]}")" "$(median3 "${installed[@]}")" "$(median3 "${nx[@]}")" "$(median3 "${nx1[@]}")" "$(median3 "${ct[@]}")" "$(median3 "${hh[@]}")" "$report" "$harness_report" <<'PY'
 import json, sys
-out, hc, inst, nx, nx1, ct, report = sys.argv[1], *map(int, sys.argv[2:7]), sys.argv[7]
-r = json.load(open(report))
-tests = r["tests"]
-per_test = lambda k: sum(t[k] for t in tests) / len(tests)
+out, hc, inst, nx, nx1, ct, hh, report, harness_report = sys.argv[1], *map(int, sys.argv[2:8]), *sys.argv[8:10]
 with open(out, "a") as f:
-    for name, ms in [("cargo hangcheck test (in-repo alias: cargo run)", hc), ("cargo-hangcheck hangcheck test (installed binary)", inst), ("cargo nextest run", nx), ("cargo nextest run --test-threads 1", nx1), ("cargo test", ct)]:
-        f.write(json.dumps({"bench": "runner", "variant": name, "wall_ms": ms, "vs_nextest": round(ms / nx, 2)}) + "\n")
-    f.write(json.dumps({"bench": "runner-breakdown", "tests": len(tests),
-        "run_ms": r["duration_ms"], "test_process_ms_per_test": round(per_test("duration_ms"), 1),
-        "settle_ms_per_test": round(per_test("settle_ms"), 1),
-        "other_ms_per_test": round((r["duration_ms"] - sum(t["duration_ms"] + t["settle_ms"] for t in tests)) / len(tests), 1)}) + "\n")
+    for name, ms in [("cargo hangcheck test (in-repo alias: cargo run)", hc), ("cargo-hangcheck hangcheck test (installed binary)", inst), ("cargo-hangcheck hangcheck test, harness: one process (installed binary)", hh), ("cargo nextest run", nx), ("cargo nextest run --test-threads 1", nx1), ("cargo test", ct)]:
+        f.write(json.dumps({"bench": "runner", "variant": name, "wall_ms": ms, "vs_nextest": round(ms / nx, 2), "vs_cargo_test": round(ms / ct, 2)}) + "\n")
+    for path in [report, harness_report]:
+        r = json.load(open(path))
+        tests = r["tests"]
+        per_test = lambda k: sum(t[k] for t in tests) / len(tests)
+        f.write(json.dumps({"bench": "runner-breakdown", "path": "harness" if "harness" in tests[0]["log"] else "process per test", "tests": len(tests),
+            "run_ms": r["duration_ms"], "test_ms_per_test": round(per_test("duration_ms"), 1),
+            "settle_ms_per_test": round(per_test("settle_ms"), 1),
+            "other_ms_per_test": round((r["duration_ms"] - sum(t["duration_ms"] + t["settle_ms"] for t in tests)) / len(tests), 1)}) + "\n")
 PY
-    table "Runner overhead (50-test E2E suite, one server, warm builds, medians of 3; target: hangcheck <= 1.2x nextest)" runner \
-        variant wall_ms vs_nextest
+    table "Runner overhead (50-test E2E suite, one server, warm builds, medians of 3; targets: hangcheck <= 1.2x nextest; with the harness <= 2x cargo test)" runner \
+        variant wall_ms vs_nextest vs_cargo_test
     table "hangcheck's time per test, from its report.json" runner-breakdown \
-        tests run_ms test_process_ms_per_test settle_ms_per_test other_ms_per_test
+        path tests run_ms test_ms_per_test settle_ms_per_test other_ms_per_test
 }
 
 : >"$OUT"
 machine
 case "$which" in
-spawn | load | snapshot | stacks | stall | runner) "run_$which" ;;
-all) for b in spawn load snapshot stacks stall runner; do "run_$b"; done ;;
+runner) run_runner ;;
+spawn | load | snapshot | stacks | stall)
+    build_all
+    "run_$which"
+    ;;
+all)
+    build_all
+    for b in spawn load snapshot stacks stall runner; do "run_$b"; done
+    ;;
 *)
     echo "usage: benches/run.sh [spawn|load|snapshot|stacks|stall|runner|all]" >&2
     exit 2

@@ -140,8 +140,11 @@ fn stacks_on_demand_during_a_run_and_ctrl_c_tears_everything_down() {
         run_dir = run_dir_of(pid);
         run_dir.is_some()
     });
-    let log = run_dir.unwrap().join("tests/e2e/next_on_a_quiet_topic.log");
-    wait_for("the hanging test to start", || log.exists());
+    // never-answers' suite is on the harness: its trials share one log.
+    let log = run_dir.unwrap().join("tests/e2e/harness-1.log");
+    wait_for("the hanging trial to start", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("test next_on_a_quiet_topic ..."))
+    });
 
     // Other runs may be in progress in the same target directory: name this one.
     let pid_arg = pid.to_string();
