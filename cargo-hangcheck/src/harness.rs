@@ -98,7 +98,7 @@ impl Harnesses {
             Some(r) => r,
             None => match self.start(case, cx) {
                 Ok(r) => r,
-                Err(run) => return run,
+                Err(run) => return *run,
             },
         };
         let log = running.log.clone();
@@ -179,7 +179,7 @@ impl Harnesses {
     }
 
     /// Starts the harness of `case`'s target with a plan of the trials from `case` on.
-    fn start(&mut self, case: &TestCase, cx: &Context) -> Result<Running, TestRun> {
+    fn start(&mut self, case: &TestCase, cx: &Context) -> Result<Running, Box<TestRun>> {
         let plan: Vec<String> = self
             .plans
             .get(&case.target)
@@ -187,7 +187,7 @@ impl Harnesses {
             .unwrap_or_default();
         self.started += 1;
         let log_name = format!("tests/{}/harness-{}.log", case.target, self.started);
-        let failed = |why: String| spawn_failed(why, cx.run_dir.join(&log_name));
+        let failed = |why: String| Box::new(spawn_failed(why, cx.run_dir.join(&log_name)));
         let (log_file, log) =
             cx.run_dir.log_file(&log_name).map_err(|e| failed(format!("cannot create {log_name}: {e}")))?;
         let err_file = log_file.try_clone().map_err(|e| failed(format!("cannot share {log_name}: {e}")))?;
@@ -217,7 +217,7 @@ impl Harnesses {
                 return Err(failed(format!("the harness exited with {} before connecting", describe(status))));
             }
             if cx.signals.interrupted() {
-                return Err(TestRun { outcome: Outcome::Interrupted, ..failed(String::new()) });
+                return Err(Box::new(TestRun { outcome: Outcome::Interrupted, ..*failed(String::new()) }));
             }
             if Instant::now() >= deadline {
                 return Err(failed(format!("the harness did not connect within {:?}", cx.config.startup_timeout)));

@@ -138,7 +138,7 @@ mod tests {
 
     fn record(name: &str, epoch: u64, outcome: Outcome) -> TestRecord {
         TestRecord {
-            case: TestCase { target: "e2e".into(), name: name.into(), exe: "t".into() },
+            case: TestCase { target: "e2e".into(), name: name.into(), exe: "t".into(), in_process: false },
             epoch,
             run: TestRun {
                 outcome,
