@@ -202,7 +202,7 @@ run_runner() {
     until grep -q "listening on" "$T/server.out"; do sleep 0.1; done
     export HANGCHECK_ADDR_PING
     HANGCHECK_ADDR_PING=$(sed -n 's/^listening on //p' "$T/server.out")
-    local hc=() nx=() nx1=() ct=() hh=()
+    local hc=() nx=() nx1=() ct=() hh=() inst1=() hh1=() ct1=()
     local installed=() runner=target/debug/cargo-hangcheck
     for _ in 1 2 3; do
         hc+=("$(elapsed_ms cargo hangcheck test -p hangcheck-bench)")
@@ -211,30 +211,38 @@ run_runner() {
         nx+=("$(elapsed_ms cargo nextest run -p hangcheck-bench --test fifty)")
         nx1+=("$(elapsed_ms cargo nextest run -p hangcheck-bench --test fifty --test-threads 1)")
         ct+=("$(elapsed_ms cargo test -q -p hangcheck-bench --test fifty)")
+        # One test only: the fixed cost of each way, so the rest is the cost per test.
+        inst1+=("$(elapsed_ms "$runner" hangcheck test -p hangcheck-bench t01)")
+        hh1+=("$(elapsed_ms "$runner" hangcheck test -p hangcheck-bench --test fifty_harness t01)")
+        ct1+=("$(elapsed_ms cargo test -q -p hangcheck-bench --test fifty t01)")
     done
     kill $pid 2>/dev/null || true
     trap - EXIT
     # The last run of each kind: process per test, then the harness.
     local report harness_report
-    harness_report=$(ls -td target/hangcheck/runs/*/ | head -1)report.json
-    report=$(ls -td target/hangcheck/runs/*/ | sed -n 2p)report.json
-    python3 - "$OUT" "$(median3 "${hc[@]}")" "$(median3 "${installed[@]}")" "$(median3 "${nx[@]}")" "$(median3 "${nx1[@]}")" "$(median3 "${ct[@]}")" "$(median3 "${hh[@]}")" "$report" "$harness_report" <<'PY'
+    harness_report=$(ls -td target/hangcheck/runs/*/ | grep -v /latest/ | sed -n 3p)report.json
+    report=$(ls -td target/hangcheck/runs/*/ | grep -v /latest/ | sed -n 4p)report.json
+    python3 - "$OUT" "$(median3 "${hc[@]}")" "$(median3 "${installed[@]}")" "$(median3 "${nx[@]}")" "$(median3 "${nx1[@]}")" "$(median3 "${ct[@]}")" "$(median3 "${hh[@]}")" "$(median3 "${inst1[@]}")" "$(median3 "${hh1[@]}")" "$(median3 "${ct1[@]}")" "$report" "$harness_report" <<'PY'
 import json, sys
-out, hc, inst, nx, nx1, ct, hh, report, harness_report = sys.argv[1], *map(int, sys.argv[2:8]), *sys.argv[8:10]
+out, hc, inst, nx, nx1, ct, hh, inst1, hh1, ct1, report, harness_report = sys.argv[1], *map(int, sys.argv[2:11]), *sys.argv[11:13]
 with open(out, "a") as f:
+    for name, one, fifty in [("process per test (installed binary)", inst1, inst), ("harness: one process (installed binary)", hh1, hh), ("cargo test, server already running", ct1, ct)]:
+        f.write(json.dumps({"bench": "runner-per-test", "variant": name, "one_test_ms": one, "fifty_tests_ms": fifty, "per_test_ms": round((fifty - one) / 49, 1)}) + "\n")
     for name, ms in [("cargo hangcheck test (in-repo alias: cargo run)", hc), ("cargo-hangcheck hangcheck test (installed binary)", inst), ("cargo-hangcheck hangcheck test, harness: one process (installed binary)", hh), ("cargo nextest run", nx), ("cargo nextest run --test-threads 1", nx1), ("cargo test", ct)]:
         f.write(json.dumps({"bench": "runner", "variant": name, "wall_ms": ms, "vs_nextest": round(ms / nx, 2), "vs_cargo_test": round(ms / ct, 2)}) + "\n")
     for path in [report, harness_report]:
         r = json.load(open(path))
         tests = r["tests"]
         per_test = lambda k: sum(t[k] for t in tests) / len(tests)
-        f.write(json.dumps({"bench": "runner-breakdown", "path": "harness" if "harness" in tests[0]["log"] else "process per test", "tests": len(tests),
+        f.write(json.dumps({"bench": "runner-breakdown", "path": "harness" if "/harness-" in tests[0]["log"] else "process per test", "tests": len(tests),
             "run_ms": r["duration_ms"], "test_ms_per_test": round(per_test("duration_ms"), 1),
             "settle_ms_per_test": round(per_test("settle_ms"), 1),
             "other_ms_per_test": round((r["duration_ms"] - sum(t["duration_ms"] + t["settle_ms"] for t in tests)) / len(tests), 1)}) + "\n")
 PY
     table "Runner overhead (50-test E2E suite, one server, warm builds, medians of 3; targets: hangcheck <= 1.2x nextest; with the harness <= 2x cargo test)" runner \
         variant wall_ms vs_nextest vs_cargo_test
+    table "Cost per test: (50 tests - 1 test) / 49, the fixed cost of a run taken out" runner-per-test \
+        variant one_test_ms fifty_tests_ms per_test_ms
     table "hangcheck's time per test, from its report.json" runner-breakdown \
         path tests run_ms test_ms_per_test settle_ms_per_test other_ms_per_test
 }
