@@ -6,6 +6,11 @@
 //! stacks). Changing RUSTFLAGS rebuilds every crate, so hangcheck builds in
 //! `<target-dir>/hangcheck/build` (`build-stable` for `--stable`) and the user's own
 //! builds stay untouched.
+//!
+//! Stack frames need line tables to say `file:line`. When the profile hangcheck builds
+//! with has no debug info (`release` by default, or `debug = false`), the build adds
+//! `CARGO_PROFILE_<NAME>_DEBUG=line-tables-only`; being in its own target directory, that
+//! changes nothing for the user's builds.
 
 use std::io::BufReader;
 use std::path::PathBuf;
@@ -104,6 +109,9 @@ fn cargo(config: &Config, verb: &str, tokio_unstable: bool) -> Command {
             cmd.env("RUSTFLAGS", format!("{flags} --cfg tokio_unstable").trim_start());
         }
     }
+    if let Some(var) = line_tables_needed(config) {
+        cmd.env(var, "line-tables-only");
+    }
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
     cmd
 }
@@ -152,3 +160,71 @@ fn run(mut cmd: Command, what: &str, signals: &Signals) -> Result<Vec<Artifact>,
 
 /// The longest a build may take before it is a setup error rather than a wait forever.
 const BUILD_CAP: Duration = Duration::from_secs(3600);
+
+/// The `CARGO_PROFILE_<NAME>_DEBUG` variable to set when the profile of this build has no
+/// debug info, so that stack frames keep their file and line; `None` when it has some, or
+/// when the user already set the variable.
+fn line_tables_needed(config: &Config) -> Option<String> {
+    let profile = if config.build.release { "release" } else { "dev" };
+    let var = format!("CARGO_PROFILE_{}_DEBUG", profile.to_uppercase());
+    if std::env::var_os(&var).is_some() {
+        return None;
+    }
+    let manifest = workspace_manifest(&config.manifest_path)?;
+    let debug = manifest.get("profile").and_then(|p| p.get(profile)).and_then(|p| p.get("debug"));
+    no_debug_info(profile, debug).then_some(var)
+}
+
+/// Whether a profile's `debug` setting (absent: cargo's default for it) means no debug info.
+fn no_debug_info(profile: &str, debug: Option<&toml::Value>) -> bool {
+    match debug {
+        None => profile == "release",
+        Some(toml::Value::Boolean(b)) => !b,
+        Some(toml::Value::Integer(n)) => *n == 0,
+        Some(toml::Value::String(s)) => s == "none",
+        Some(_) => false,
+    }
+}
+
+/// The manifest whose `[profile]` tables apply: the workspace root's, found by walking up
+/// from the package's manifest to one with a `[workspace]` table.
+fn workspace_manifest(package_manifest: &std::path::Path) -> Option<toml::Table> {
+    let read = |path: &std::path::Path| -> Option<toml::Table> { std::fs::read_to_string(path).ok()?.parse().ok() };
+    let package = read(package_manifest)?;
+    if package.contains_key("workspace") {
+        return Some(package);
+    }
+    let dir = package_manifest.parent()?;
+    dir.ancestors()
+        .skip(1)
+        .filter_map(|d| read(&d.join("Cargo.toml")))
+        .find(|m| m.contains_key("workspace"))
+        .or(Some(package))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_and_debug_false_have_no_line_tables_unless_asked() {
+        assert!(no_debug_info("release", None));
+        assert!(!no_debug_info("dev", None));
+        assert!(no_debug_info("dev", Some(&toml::Value::Boolean(false))));
+        assert!(no_debug_info("dev", Some(&toml::Value::Integer(0))));
+        assert!(no_debug_info("release", Some(&toml::Value::String("none".into()))));
+        assert!(!no_debug_info("release", Some(&toml::Value::String("line-tables-only".into()))));
+        assert!(!no_debug_info("release", Some(&toml::Value::Boolean(true))));
+    }
+
+    #[test]
+    fn the_workspace_root_manifest_holds_the_profiles() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Cargo.toml"), "[workspace]\n[profile.dev]\ndebug = false\n").unwrap();
+        std::fs::create_dir(dir.path().join("member")).unwrap();
+        let member = dir.path().join("member").join("Cargo.toml");
+        std::fs::write(&member, "[package]\nname = \"m\"\n").unwrap();
+        let root = workspace_manifest(&member).unwrap();
+        assert_eq!(root["profile"]["dev"]["debug"], toml::Value::Boolean(false));
+    }
+}
