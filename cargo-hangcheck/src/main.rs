@@ -15,6 +15,7 @@ mod analysis;
 mod build;
 mod cli;
 mod config;
+mod culprit;
 mod errors;
 mod event;
 mod exit;

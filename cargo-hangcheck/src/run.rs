@@ -24,7 +24,7 @@ use crate::event::Event;
 use crate::harness::{self, Harnesses};
 use crate::leftovers;
 use crate::ondemand;
-use crate::report::{self, json::JsonLines, terminal::Displayer, Reporter, Reporters};
+use crate::report::{json::JsonLines, terminal::Displayer, Reporter, Reporters};
 use crate::report::{ShutdownEntry, ShutdownOutcome, StallEntry, Survivor, TestRecord};
 use crate::rundir::{Evidence, RunDir};
 use crate::server::{Server, Stop};
@@ -398,7 +398,7 @@ fn stall_entry(stall: &Stall, file: Option<PathBuf>, names: &[String]) -> StallE
         stuck_ms: stall.stuck_ms,
         threshold_ms: stall.threshold_ms,
         task: stall.task.clone(),
-        blocked_in: report::culprit(&stall.stack.frames),
+        blocked_in: crate::culprit::in_frames(&stall.stack.frames),
         note: stall.stack.note.clone(),
         file,
         frames: stall.stack.frames.clone(),

@@ -414,27 +414,6 @@ pub struct StallEntry {
     pub frames: Vec<Frame>,
 }
 
-/// The innermost frame outside the standard library, tokio, the C library and the
-/// dependencies: where the server's own code was when the stack was taken.
-pub fn culprit(frames: &[Frame]) -> Option<String> {
-    const NOT_OURS: [&str; 9] =
-        ["std::", "core::", "alloc::", "tokio::", "backtrace::", "<", "__", "hangcheck_runtime::", "parking_lot"];
-    frames
-        .iter()
-        .find(|f| {
-            let Some(name) = f.function.as_deref() else { return false };
-            let file = f.file.as_deref().unwrap_or("");
-            name.contains("::")
-                && !NOT_OURS.iter().any(|p| name.starts_with(p))
-                && !file.contains("/rustc/")
-                && !file.contains("/.cargo/registry/")
-        })
-        .map(|f| match (&f.file, f.line) {
-            (Some(file), Some(line)) => format!("{} at {file}:{line}", f.function.as_deref().unwrap_or("?")),
-            _ => f.function.clone().unwrap_or_default(),
-        })
-}
-
 impl TestEntry {
     /// The serialized form of a test record.
     pub fn from_record(r: &TestRecord) -> TestEntry {
