@@ -41,8 +41,10 @@ pub fn run(args: &ServerArgs) -> i32 {
 }
 
 fn live(args: &ServerArgs, signals: &Signals) -> Result<i32, SetupError> {
-    let mut config = Config::resolve_live(args)?;
-    config.test_targets.clear();
+    // The same build as `cargo hangcheck test` (`cargo test --no-run` over the test
+    // targets): a plain `cargo build` resolves features without the dev-dependencies and
+    // would rebuild every crate whose features differ, then `test` would rebuild them back.
+    let config = Config::resolve_live(args)?;
     terminal::status("Building", format!("{} (server `{}`)", config.package, config.server_bin));
     let built = build::build(&config, signals)?;
     let run_dir = RunDir::create(&config.hangcheck_dir.join("runs"))
