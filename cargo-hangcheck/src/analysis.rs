@@ -153,6 +153,9 @@ pub struct Leak {
     /// Which tests grew it, in run order: for tasks and operations, the survivors born
     /// in each test; for fds and threads, each test's rise in the settled value.
     pub leaked_by: Vec<LeakedBy>,
+    /// For a task group, where its survivors wait (from their async stacks), most first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<crate::culprit::Waiting>,
 }
 
 /// How much one test contributed to a leak.
@@ -214,6 +217,7 @@ pub fn leaks(
             allowed: policy.allow_growth,
             oldest_age_ms: m.oldest_age_ms,
             leaked_by,
+            waiting: Vec::new(),
         });
     }
     leaks

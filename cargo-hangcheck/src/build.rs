@@ -13,7 +13,7 @@
 //! changes nothing for the user's builds.
 
 use std::io::BufReader;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -186,20 +186,24 @@ fn no_debug_info(profile: &str, debug: Option<&toml::Value>) -> bool {
     }
 }
 
-/// The manifest whose `[profile]` tables apply: the workspace root's, found by walking up
-/// from the package's manifest to one with a `[workspace]` table.
-fn workspace_manifest(package_manifest: &std::path::Path) -> Option<toml::Table> {
-    let read = |path: &std::path::Path| -> Option<toml::Table> { std::fs::read_to_string(path).ok()?.parse().ok() };
-    let package = read(package_manifest)?;
-    if package.contains_key("workspace") {
-        return Some(package);
-    }
-    let dir = package_manifest.parent()?;
-    dir.ancestors()
-        .skip(1)
-        .filter_map(|d| read(&d.join("Cargo.toml")))
-        .find(|m| m.contains_key("workspace"))
-        .or(Some(package))
+/// The manifest whose `[profile]` tables apply: the workspace root's.
+fn workspace_manifest(package_manifest: &Path) -> Option<toml::Table> {
+    read_manifest(&workspace_root(package_manifest).join("Cargo.toml"))
+}
+
+fn read_manifest(path: &Path) -> Option<toml::Table> {
+    std::fs::read_to_string(path).ok()?.parse().ok()
+}
+
+/// The workspace's root directory, found as cargo finds it: walking up from the package's
+/// manifest to one with a `[workspace]` table; the package's own directory when none has.
+pub fn workspace_root(package_manifest: &Path) -> PathBuf {
+    let package_dir = package_manifest.parent().map(Path::to_path_buf).unwrap_or_default();
+    package_dir
+        .ancestors()
+        .find(|d| read_manifest(&d.join("Cargo.toml")).is_some_and(|m| m.contains_key("workspace")))
+        .map(Path::to_path_buf)
+        .unwrap_or(package_dir)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use hangcheck_runtime::protocol::Frame;
+use hangcheck_runtime::protocol::{Frame, Stacks};
 use serde::Serialize;
 
 /// Function-name prefixes that are never the server's own code.
@@ -92,14 +92,21 @@ fn trace_frames(trace: &str) -> Vec<(String, Option<String>)> {
 }
 
 /// `<tokio::sync::oneshot::Receiver<T> as core::future::Future>` → `tokio::sync::oneshot::Receiver`;
+/// `tokio::sync::mutex::Mutex<T>::lock` → `tokio::sync::mutex::Mutex::lock`;
 /// `tokio::sync::notify::Notified::poll` → `tokio::sync::notify::Notified`.
 fn type_path(function: &str) -> String {
     let inner = function.strip_prefix('<').map(|f| f.split(" as ").next().unwrap_or(f)).unwrap_or(function);
-    let without_generics = match inner.find('<') {
-        Some(i) => &inner[..i],
-        None => inner,
-    };
-    let path = without_generics.trim_end_matches(">").trim_end_matches("::{{closure}}");
+    let mut path = String::new();
+    let mut depth = 0usize;
+    for c in inner.chars() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => path.push(c),
+            _ => {}
+        }
+    }
+    let path = path.trim_end_matches("::{{closure}}");
     path.strip_suffix("::poll").unwrap_or(path).to_owned()
 }
 
@@ -134,7 +141,9 @@ pub fn in_trace(trace: &str, root: &str) -> Waiting {
 /// already grouped by identical trace on the agent's side; traces that differ only
 /// outside the server's own frame and leaf fold together here.
 pub fn summarize<'a>(traces: impl IntoIterator<Item = (u64, &'a str)>, root: &str) -> Vec<Waiting> {
-    let mut by_place: BTreeMap<(Option<String>, Option<String>, Option<String>), u64> = BTreeMap::new();
+    /// (function, location, leaf)
+    type Place = (Option<String>, Option<String>, Option<String>);
+    let mut by_place: BTreeMap<Place, u64> = BTreeMap::new();
     for (count, trace) in traces {
         let w = in_trace(trace, root);
         *by_place.entry((w.function, w.location, w.on)).or_default() += count;
@@ -143,8 +152,55 @@ pub fn summarize<'a>(traces: impl IntoIterator<Item = (u64, &'a str)>, root: &st
         .into_iter()
         .map(|((function, location, on), count)| Waiting { count, function, location, on })
         .collect();
-    out.sort_by(|a, b| b.count.cmp(&a.count));
+    out.sort_by_key(|w| std::cmp::Reverse(w.count));
     out
+}
+
+/// Where the async tasks of an agent's stacks wait, for the tasks whose group `wanted`
+/// accepts; `root` is cut from the front of file names.
+pub fn waiting_in(stacks: &Stacks, wanted: impl Fn(Option<&str>) -> bool, root: &str) -> Vec<Waiting> {
+    let Some(dump) = &stacks.tasks else { return Vec::new() };
+    summarize(dump.tasks.iter().filter(|t| wanted(t.group.as_deref())).map(|t| (1, t.trace.as_str())), root)
+}
+
+/// Threads blocked in the server's own code (in a syscall or a lock, not parked in the
+/// runtime), each as `"name" (tid N) in function at file:line`. A thread whose stack runs
+/// through tokio between its innermost frame and its own code is parked by the runtime
+/// (a `block_on` in `main`, an idle worker), not blocked by the server.
+pub fn blocked_threads(stacks: &Stacks, root: &str) -> Vec<String> {
+    stacks
+        .threads
+        .iter()
+        .filter_map(|t| {
+            let ours = t.frames.iter().position(|f| {
+                f.function.as_deref().is_some_and(|name| is_ours(name, f.file.as_deref().unwrap_or("")))
+            })?;
+            let in_runtime =
+                t.frames[..ours].iter().any(|f| f.function.as_deref().is_some_and(|n| n.starts_with("tokio::")));
+            if in_runtime {
+                return None;
+            }
+            let f = &t.frames[ours];
+            let at = match (&f.file, f.line) {
+                (Some(file), Some(line)) => format!(" at {}:{line}", short_location(file, root)),
+                _ => String::new(),
+            };
+            Some(format!("\"{}\" (tid {}) in {}{at}", t.name, t.tid, f.function.as_deref().unwrap_or("?")))
+        })
+        .collect()
+}
+
+/// The lock note for a hung test: two or more of its tasks each wait on a lock.
+pub fn lock_note(waiting: &[Waiting]) -> Option<String> {
+    let on_locks: Vec<&Waiting> = waiting.iter().filter(|w| w.on_a_lock()).collect();
+    let tasks: u64 = on_locks.iter().map(|w| w.count).sum();
+    (tasks >= 2).then(|| {
+        let places: Vec<&str> = on_locks.iter().filter_map(|w| w.function.as_deref()).collect();
+        format!(
+            "{tasks} tasks each wait on a lock ({}): if each holds a lock another waits for, this is a deadlock; take the locks in one order",
+            places.join(", ")
+        )
+    })
 }
 
 #[cfg(test)]
@@ -187,8 +243,47 @@ mod tests {
         let summary = summarize([(2, lock), (1, ONESHOT), (3, lock)], "/w");
         assert_eq!(summary.len(), 2);
         assert_eq!(summary[0].count, 5);
-        assert_eq!(summary[0].on.as_deref(), Some("tokio::sync::mutex::Mutex"));
+        assert_eq!(summary[0].on.as_deref(), Some("tokio::sync::mutex::Mutex::lock"));
         assert!(summary[0].on_a_lock());
+    }
+
+    #[test]
+    fn a_thread_parked_by_the_runtime_is_not_blocked_by_the_server() {
+        use hangcheck_runtime::protocol::{StackSource, ThreadStack};
+        let frame = |f: &str, file: &str| Frame { function: Some(f.into()), file: Some(file.into()), line: Some(7) };
+        let thread = |name: &str, frames: Vec<Frame>| ThreadStack {
+            tid: 1,
+            name: name.into(),
+            state: "S".into(),
+            note: None,
+            frames,
+        };
+        let stacks = Stacks {
+            source: StackSource::Agent,
+            took_ms: 1,
+            tasks: None,
+            threads: vec![
+                thread(
+                    "main",
+                    vec![
+                        frame("tokio::runtime::park::Inner::park", "/r/.cargo/registry/t.rs"),
+                        frame("app::main", "/w/src/main.rs"),
+                    ],
+                ),
+                thread(
+                    "tokio-runtime-worker",
+                    vec![
+                        frame("std::thread::sleep", "/rustc/x/thread.rs"),
+                        frame("app::audit", "/w/src/main.rs"),
+                        frame("tokio::runtime::task::poll", "/r/.cargo/registry/t.rs"),
+                    ],
+                ),
+            ],
+        };
+        assert_eq!(
+            blocked_threads(&stacks, "/w"),
+            vec!["\"tokio-runtime-worker\" (tid 1) in app::audit at src/main.rs:7"]
+        );
     }
 
     #[test]

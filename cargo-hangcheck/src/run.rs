@@ -73,6 +73,7 @@ fn prepare_and_run(args: &TestArgs, reporters: &mut Reporters) -> (Result<(), Se
         Err(e) => return (Err(SetupError::io("cannot create the run directory")(e)), None),
     };
     let marker = ondemand::announce_runner(&run_dir, &config.package);
+    let root = build::workspace_root(&config.manifest_path).to_string_lossy().into_owned();
     let mut run = Run {
         config,
         built,
@@ -84,6 +85,7 @@ fn prepare_and_run(args: &TestArgs, reporters: &mut Reporters) -> (Result<(), Se
         last: None,
         tests: Vec::new(),
         harnesses: Harnesses::default(),
+        root,
     };
     let mut result = run.execute();
     run.stop_server();
@@ -110,6 +112,8 @@ struct Run<'r> {
     tests: Vec<TestRecord>,
     /// The single-process path's harness processes.
     harnesses: Harnesses,
+    /// The workspace root, cut from the front of file names in culprits.
+    root: String,
 }
 
 impl Run<'_> {
@@ -160,7 +164,8 @@ impl Run<'_> {
         let names: Vec<String> = self.tests.iter().map(|t| t.case.id()).collect();
         let history: Vec<Option<&Snapshot>> = self.tests.iter().map(|t| t.snapshot.as_ref()).collect();
         let epochs = Epochs { names: &names };
-        let leaks = analysis::leaks(&baseline, &last, &history, &epochs, &self.config.leaks);
+        let mut leaks = analysis::leaks(&baseline, &last, &history, &epochs, &self.config.leaks);
+        self.where_survivors_wait(&mut leaks);
         let concurrent = analysis::concurrent_ops(&last, &epochs);
         self.reporters.emit(Event::Verdicts { leaks: &leaks, concurrent: &concurrent });
         self.last = Some(last);
@@ -188,7 +193,10 @@ impl Run<'_> {
             signals: &self.signals,
             reporters: self.reporters,
             stacks_source: None,
+            before: last_asked.clone(),
             last_asked,
+            root: &self.root,
+            found: Found::default(),
         };
         let run = if case.in_process {
             let cx =
@@ -198,6 +206,7 @@ impl Run<'_> {
             suite::run(case, &self.config, &env, &self.run_dir, &self.signals, &mut probe)
         };
         let stacks_source = probe.stacks_source;
+        let hang_found = std::mem::take(&mut probe.found);
         // A harness process lives on between its trials; what it detached belongs to
         // the trial just run.
         let harness = self.harnesses.running();
@@ -213,6 +222,8 @@ impl Run<'_> {
             stacks_source,
             lingering: Vec::new(),
             settle: Duration::ZERO,
+            waiting: hang_found.waiting,
+            blocked_threads: hang_found.blocked_threads,
         };
         let outcome = self.after_test(&mut record);
         self.take_events(Some(&id));
@@ -290,6 +301,22 @@ impl Run<'_> {
         }
     }
 
+    /// For each leaked task group, where its survivors wait: the async stacks of the live
+    /// tasks, asked of the agent once the verdicts are in, and written to
+    /// `leaks.stacks.txt`.
+    fn where_survivors_wait(&mut self, leaks: &mut [crate::analysis::Leak]) {
+        use crate::analysis::MeasureKind;
+        if !leaks.iter().any(|l| matches!(l.kind, MeasureKind::Named | MeasureKind::Location)) {
+            return;
+        }
+        let server = self.server_mut();
+        let Ok(stacks) = server.link.stacks(stacks::AGENT_TIMEOUT) else { return };
+        let _ = self.run_dir.write_durable("leaks.stacks.txt", stacks.render().as_bytes());
+        for leak in leaks.iter_mut().filter(|l| matches!(l.kind, MeasureKind::Named | MeasureKind::Location)) {
+            leak.waiting = crate::culprit::waiting_in(&stacks, |g| g == Some(leak.group.as_str()), &self.root);
+        }
+    }
+
     fn check_server_alive(&mut self, test: &str) -> Result<(), SetupError> {
         let server = self.server_mut();
         match server.exit_status() {
@@ -318,9 +345,9 @@ impl Run<'_> {
         let run_dir = &self.run_dir;
         let mut taken = None;
         let stop = server.stop(grace, |link, pid| {
-            let (evidence, source, snapshot) = stacks::evidence(link, pid, run_dir, "shutdown");
-            taken = Some((evidence.files.clone(), source, snapshot));
-            evidence
+            let t = stacks::evidence(link, pid, run_dir, "shutdown");
+            taken = Some((t.evidence.files.clone(), t.source, t.snapshot));
+            t.evidence
         });
         let hung = stop == Stop::Hung;
         let (evidence, source, snapshot) = match taken {
@@ -361,6 +388,19 @@ struct ServerProbe<'a> {
     stacks_source: Option<hangcheck_runtime::protocol::StackSource>,
     /// The snapshot an on-demand snapshot's deltas are taken against.
     last_asked: Snapshot,
+    /// The settled snapshot before the test: groups that grew since are the test's.
+    before: Snapshot,
+    /// The workspace root, cut from file names.
+    root: &'a str,
+    /// Where the hung test's tasks wait, read off its evidence.
+    found: Found,
+}
+
+/// What a hung test's evidence says about where it is stuck.
+#[derive(Default)]
+struct Found {
+    waiting: Vec<crate::culprit::Waiting>,
+    blocked_threads: Vec<String>,
 }
 
 impl Probe for ServerProbe<'_> {
@@ -376,15 +416,36 @@ impl Probe for ServerProbe<'_> {
     fn hung(&mut self, case: &TestCase) -> Evidence {
         self.reporters.emit(Event::TestHung { case });
         let id = case.id();
-        let (evidence, source, _) = stacks::evidence(
+        let taken = stacks::evidence(
             &mut self.server.link,
             self.server.child.pid(),
             self.run_dir,
             &format!("hangs/{}", crate::rundir::file_name(&id)),
         );
-        self.reporters.emit(Event::EvidenceWritten { test: Some(&id), files: &evidence.files, source });
-        self.stacks_source = Some(source);
-        evidence
+        self.reporters.emit(Event::EvidenceWritten {
+            test: Some(&id),
+            files: &taken.evidence.files,
+            source: taken.source,
+        });
+        self.stacks_source = Some(taken.source);
+        if let (Some(stacks), Some(now)) = (&taken.stacks, &taken.snapshot) {
+            // The test's tasks: those of the groups that grew while it ran.
+            let grew: Vec<&str> = now
+                .groups
+                .iter()
+                .filter(|g| g.live > self.before.groups.iter().find(|b| b.key == g.key).map_or(0, |b| b.live))
+                .map(|g| g.key.as_str())
+                .collect();
+            self.found = Found {
+                waiting: crate::culprit::waiting_in(
+                    stacks,
+                    |group| group.is_some_and(|g| grew.contains(&g)),
+                    self.root,
+                ),
+                blocked_threads: crate::culprit::blocked_threads(stacks, self.root),
+            };
+        }
+        taken.evidence
     }
 }
 

@@ -9,7 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hangcheck_runtime::protocol::{Snapshot, StackSource};
+use hangcheck_runtime::protocol::{Snapshot, StackSource, Stacks};
 
 use crate::link::AgentLink;
 use crate::process::{GroupChild, Wait};
@@ -28,6 +28,8 @@ pub struct Fetched {
     pub source: StackSource,
     /// The file's body.
     pub text: String,
+    /// The agent's answer, when it answered: threads and async tasks, to read culprits off.
+    pub stacks: Option<Stacks>,
 }
 
 /// Fetches the stacks of the server `pid`, agent first, then gdb.
@@ -39,7 +41,8 @@ pub fn fetch(link: &mut AgentLink, pid: u32, run_dir: &RunDir) -> Fetched {
     let why = match link.stacks(AGENT_TIMEOUT) {
         Ok(stacks) => {
             let header = format!("hangcheck: stacks of pid {pid}\nsource: agent\n\n");
-            return Fetched { source: StackSource::Agent, text: header + &stacks.render() };
+            let text = header + &stacks.render();
+            return Fetched { source: StackSource::Agent, text, stacks: Some(stacks) };
         }
         Err(e) => e.to_string(),
     };
@@ -52,10 +55,11 @@ pub fn outside(pid: u32, why_not_agent: &str, run_dir: &RunDir) -> Fetched {
     let header =
         format!("hangcheck: stacks of pid {pid} (process state {state})\nthe agent did not answer: {why_not_agent}\n");
     match gdb(pid, run_dir) {
-        Ok(text) => Fetched { source: StackSource::Gdb, text: format!("{header}source: gdb\n\n{text}") },
+        Ok(text) => Fetched { source: StackSource::Gdb, text: format!("{header}source: gdb\n\n{text}"), stacks: None },
         Err(e) => Fetched {
             source: StackSource::Unavailable,
             text: format!("{header}source: none\ngdb could not take them either: {e}\n"),
+            stacks: None,
         },
     }
 }
@@ -88,16 +92,22 @@ fn gdb(pid: u32, run_dir: &RunDir) -> Result<String, String> {
     }
 }
 
+/// What [`evidence`] wrote and found.
+pub struct Taken {
+    /// The files, durably written.
+    pub evidence: Evidence,
+    /// Who took the stacks.
+    pub source: StackSource,
+    /// The snapshot, if the agent answered.
+    pub snapshot: Option<Snapshot>,
+    /// The agent's stacks, if it answered.
+    pub stacks: Option<Stacks>,
+}
+
 /// What the runner writes about a hung server before anything is signalled: its stacks
 /// (agent, or gdb from outside) and a snapshot (which groups are alive, and how old), as
-/// `<prefix>.stacks.txt` and `<prefix>.snapshot.json`, each fsynced. Returns the proof,
-/// where the stacks came from, and the snapshot if the agent answered.
-pub fn evidence(
-    link: &mut AgentLink,
-    pid: u32,
-    run_dir: &RunDir,
-    prefix: &str,
-) -> (Evidence, StackSource, Option<Snapshot>) {
+/// `<prefix>.stacks.txt` and `<prefix>.snapshot.json`, each fsynced.
+pub fn evidence(link: &mut AgentLink, pid: u32, run_dir: &RunDir, prefix: &str) -> Taken {
     let fetched = fetch(link, pid, run_dir);
     let snapshot = if fetched.source == StackSource::Agent { link.snapshot(SNAPSHOT_TIMEOUT).ok() } else { None };
     let snapshot_body = match &snapshot {
@@ -108,7 +118,7 @@ pub fn evidence(
         (format!("{prefix}.stacks.txt"), fetched.text.into_bytes()),
         (format!("{prefix}.snapshot.json"), snapshot_body),
     ]);
-    (evidence, fetched.source, snapshot)
+    Taken { evidence, source: fetched.source, snapshot, stacks: fetched.stacks }
 }
 
 /// The kernel's state letter for a process (`T` when stopped), `?` if it is gone.

@@ -54,6 +54,15 @@ fn a_hung_test_leaves_stacks_on_disk_and_the_next_tests_still_run() {
     // The async task stacks (tokio's task dump) show where the request is parked.
     assert!(text.contains("async task stacks:"), "{text}");
     assert!(text.contains("never_answers::next_message"), "{text}");
+    // And the terminal names it, under the HANG line: the function the request waits in,
+    // its line, and what it awaits.
+    let hang = &run.stdout[run.stdout.find("HANG").unwrap_or_else(|| panic!("no HANG line\n{run}"))..];
+    assert!(
+        hang.contains("1 × waiting in never_answers::next_message (examples/never-answers/src/main.rs:")
+            && hang.contains("on tokio::sync::oneshot::Receiver"),
+        "{run}"
+    );
+    assert_eq!(hung["waiting"][0]["function"], "never_answers::next_message", "{hung:#}");
     // The request's task never finished: it is the leak, attributed to the hung test.
     assert_eq!(report["leaks"][0]["leaked_by"][0]["test"], "e2e::next_on_a_quiet_topic");
     let junit = read(&run.run_dir().join("junit.xml"));
@@ -156,5 +165,34 @@ fn stacks_on_demand_during_a_run_and_ctrl_c_tears_everything_down() {
     let run = runner.wait();
     assert_eq!(run.code, 130, "{run}");
     assert_eq!(run.report()["verdict"], "interrupted");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn a_lock_order_deadlock_names_both_waiting_functions() {
+    let mark = marker("lock-order");
+    let run = hangcheck_test(&["-p", "lock-order", "--server-env", &mark]);
+    assert_eq!(run.code, HANG, "{run}");
+    let hang = &run.stdout[run.stdout.find("HANG").unwrap_or_else(|| panic!("no HANG line\n{run}"))..];
+    for function in ["lock_order::transfer", "lock_order::audit"] {
+        assert!(
+            hang.contains(&format!("1 × waiting in {function} (examples/lock-order/src/main.rs:"))
+                && hang.contains("on tokio::sync::mutex::Mutex::lock"),
+            "{function}\n{run}"
+        );
+    }
+    assert!(hang.contains("2 tasks each wait on a lock"), "{run}");
+    // Parked by the runtime, not blocked: no thread is named.
+    assert!(!hang.contains("thread \""), "{run}");
+    let report = run.report();
+    let hung = report["tests"].as_array().unwrap().iter().find(|t| t["outcome"] == "hung").unwrap().clone();
+    assert_eq!(hung["id"], "e2e::transfer_during_an_audit");
+    assert_eq!(hung["waiting"].as_array().unwrap().len(), 2, "{hung:#}");
+    // The server still answers what needs no lock, and the suite goes on.
+    assert!(run.stdout.contains("PASS") && run.stdout.contains("e2e::without_locks_the_server_still_answers"));
+    assert_no_process_with(&mark);
+
+    let fixed = hangcheck_test(&["-p", "lock-order", "--server-env", "LOCK_ORDER_FIXED=1", "--server-env", &mark]);
+    assert_eq!(fixed.code, 0, "one lock order, no deadlock\n{fixed}");
     assert_no_process_with(&mark);
 }

@@ -12,6 +12,12 @@ fn leak_on_names_the_group_its_location_and_exactly_the_tests_that_leaked_it() {
     assert!(run.stdout.contains("LEAK task group `waiter`, spawned at examples/waiter-leak/src/main.rs:"), "{run}");
     assert!(run.stdout.contains("live 0 -> 4 (+4, allowed 0)"), "{run}");
     assert!(run.stdout.contains("leaked by: e2e::watch_and_leave (1), e2e::watch_three_keys_and_leave (3)"), "{run}");
+    // ... and where its survivors wait, from their async stacks.
+    assert!(
+        run.stdout.contains("4 × waiting in waiter_leak::handle (examples/waiter-leak/src/main.rs:")
+            && run.stdout.contains("on tokio::sync::watch::Receiver::changed"),
+        "{run}"
+    );
 
     let report = run.report();
     assert_eq!(report["format_version"], 1);
@@ -25,6 +31,8 @@ fn leak_on_names_the_group_its_location_and_exactly_the_tests_that_leaked_it() {
     assert!(leak["location"].as_str().unwrap().starts_with("examples/waiter-leak/src/main.rs:"));
     assert_eq!(leaked_by(leak), vec![("e2e::watch_and_leave", 1), ("e2e::watch_three_keys_and_leave", 3)]);
     assert!(leak["oldest_age_ms"].as_u64().is_some());
+    assert_eq!(leak["waiting"][0]["count"], 4, "{leak:#}");
+    assert_eq!(leak["waiting"][0]["function"], "waiter_leak::handle", "{leak:#}");
 
     // Every test passed, and each has its settled snapshot on disk.
     let entries = report["tests"].as_array().unwrap();

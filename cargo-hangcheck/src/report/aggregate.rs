@@ -151,6 +151,8 @@ mod tests {
             stacks_source: None,
             lingering: vec![],
             settle: Duration::ZERO,
+            waiting: vec![],
+            blocked_threads: vec![],
         }
     }
 

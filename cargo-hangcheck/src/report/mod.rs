@@ -101,6 +101,10 @@ pub struct TestRecord {
     pub lingering: Vec<Lingering>,
     /// How long settling took after it.
     pub settle: std::time::Duration,
+    /// When it hung: where the tasks it started wait.
+    pub waiting: Vec<crate::culprit::Waiting>,
+    /// When it hung: threads blocked in the server's own code.
+    pub blocked_threads: Vec<String>,
 }
 
 /// How the run ended overall; decides the exit code.
@@ -232,6 +236,12 @@ pub struct TestEntry {
     pub live: BTreeMap<String, u64>,
     /// Operations it began still in flight after it ended and settled.
     pub ops_in_flight_after: Vec<Lingering>,
+    /// When it hung: where the tasks it started wait, grouped, most first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<crate::culprit::Waiting>,
+    /// When it hung: threads blocked in the server's own code (a syscall, a lock).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocked_threads: Vec<String>,
 }
 
 /// Operations of one kind that outlived their budget.
@@ -432,6 +442,8 @@ impl TestEntry {
             evidence: r.run.evidence.clone(),
             stacks_source: r.stacks_source,
             ops_in_flight_after: r.lingering.clone(),
+            waiting: r.waiting.clone(),
+            blocked_threads: r.blocked_threads.clone(),
             live: r.snapshot.iter().flat_map(|s| s.groups.iter().map(|g| (g.key.clone(), g.live))).collect(),
         }
     }

@@ -219,6 +219,15 @@ fn test_line(out: &mut dyn Write, record: &TestRecord, previous: Option<&Snapsho
                     say!(out, "{:>12}     {RED}{line}{RED:#}", "");
                 }
             }
+            for w in &record.waiting {
+                say!(out, "{:>12}   {MAGENTA}{}{MAGENTA:#}", "", w.describe());
+            }
+            if let Some(note) = crate::culprit::lock_note(&record.waiting) {
+                say!(out, "{:>12}   {BOLD}{note}{BOLD:#}", "");
+            }
+            for t in &record.blocked_threads {
+                say!(out, "{:>12}   {MAGENTA}thread {t}{MAGENTA:#}", "");
+            }
             for line in crate::rundir::tail(&record.run.log, 10) {
                 say!(out, "{:>12}   {DIM}|{DIM:#} {line}", "");
             }
@@ -491,6 +500,9 @@ fn leaks(out: &mut dyn Write, leaks: &[Leak], tokio_unstable: bool) {
         );
         let by: Vec<String> = leak.leaked_by.iter().map(|b| format!("{} ({})", b.test, b.count)).collect();
         say!(out, "     leaked by: {}", by.join(", "));
+        for w in &leak.waiting {
+            say!(out, "     {}", w.describe());
+        }
     }
 }
 
