@@ -119,6 +119,8 @@ impl Harnesses {
                 return done(Outcome::Failed(format!("the harness did not start the trial: {}", other.why())), vec![])
             }
         }
+        // Where this trial's output will begin in the log its harness's trials share.
+        let offset = std::fs::metadata(&log).map_or(0, |m| m.len());
         if let Err(e) = protocol::write_message(&mut running.writer, &TrialReply::Go { name: case.name.clone() }) {
             return done(Outcome::Failed(format!("the harness went away before the trial: {e}")), Vec::new());
         }
@@ -131,17 +133,17 @@ impl Harnesses {
             panic: None,
         };
         let run = match running.hear(started + cx.config.test_timeout, cx.signals, probe) {
-            Heard::Message(TrialMessage::End { name, outcome }) if name == case.name => {
-                let outcome = match outcome {
-                    TrialOutcome::Failed => {
-                        Outcome::Failed(format!("the trial failed; its message is in {}", log.display()))
-                    }
-                    // Ignored trials are left out of the plan; one that ignores itself at
-                    // run time has nothing to report.
-                    _ => Outcome::Passed,
-                };
+            Heard::Message(TrialMessage::End { name, outcome: TrialOutcome::Failed }) if name == case.name => {
                 self.running = Some(running);
-                done(outcome, Vec::new())
+                let (panic, message) = crate::libtest::trial_failure(&log, offset, &case.name);
+                let why = message.unwrap_or_else(|| format!("the trial failed; see {}", log.display()));
+                TestRun { panic, ..done(Outcome::Failed(why), Vec::new()) }
+            }
+            // Ignored trials are left out of the plan; one that ignores itself at run
+            // time has nothing to report.
+            Heard::Message(TrialMessage::End { name, .. }) if name == case.name => {
+                self.running = Some(running);
+                done(Outcome::Passed, Vec::new())
             }
             Heard::TimedOut => {
                 // Evidence first, then the signal: `terminate` takes the proof.

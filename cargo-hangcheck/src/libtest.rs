@@ -26,14 +26,26 @@ pub struct Panic {
 
 /// The last panic in the log at `path`, if the end of it holds one.
 pub fn last_panic(path: &Path) -> Option<Panic> {
-    parse_last_panic(&read_end(path, SEARCHED))
+    parse_last_panic(&read_end(path, SEARCHED, 0))
 }
 
-/// Up to `max` bytes from the end of the file, lossily as text.
-fn read_end(path: &Path, max: u64) -> String {
+/// Why a trial of a hangcheck harness failed, from what the harness printed after
+/// `offset` in its log (the log is shared by every trial of the process): the panic, if
+/// it panicked, and the message libtest-mimic printed under `---- name ----` (the
+/// trial's error, or `test panicked: …`).
+pub fn trial_failure(path: &Path, offset: u64, name: &str) -> (Option<Panic>, Option<String>) {
+    let text = read_end(path, SEARCHED, offset);
+    let header = format!("---- {name} ----");
+    let message = text.lines().skip_while(|l| *l != header).skip(1).take_while(|l| !l.is_empty());
+    let message: Vec<&str> = message.take(MESSAGE_LINES).collect();
+    (parse_last_panic(&text), (!message.is_empty()).then(|| message.join("\n")))
+}
+
+/// Up to `max` bytes from the end of the file, none before `from`, lossily as text.
+fn read_end(path: &Path, max: u64, from: u64) -> String {
     let Ok(mut file) = std::fs::File::open(path) else { return String::new() };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(max).max(from)));
     let mut bytes = Vec::new();
     let _ = file.take(max).read_to_end(&mut bytes);
     String::from_utf8_lossy(&bytes).into_owned()
@@ -100,6 +112,21 @@ mod tests {
         assert_eq!(parse_last_panic("running 1 test\ntest a ... ok\n"), None);
         let long = format!("thread 't' panicked at x.rs:1:1:\n{}", "line\n".repeat(100));
         assert_eq!(parse_last_panic(&long).unwrap().message.lines().count(), MESSAGE_LINES);
+    }
+
+    #[test]
+    fn a_trial_failure_is_read_from_its_own_part_of_a_shared_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("harness-1.log");
+        let earlier =
+            "thread 'main' panicked at tests/e2e.rs:1:1:\nan earlier trial\nnote: run with `RUST_BACKTRACE=1`\n";
+        let trial = "\nrunning 1 test\ntest fails ... FAILED\n\nfailures:\n\n---- fails ----\nexpected PONG, got \"\"\n\n\nfailures:\n    fails\n";
+        std::fs::write(&path, format!("{earlier}{trial}")).unwrap();
+        let (panic, message) = trial_failure(&path, earlier.len() as u64, "fails");
+        assert_eq!(panic, None, "an earlier trial's panic is not this one's");
+        assert_eq!(message.as_deref(), Some("expected PONG, got \"\""));
+        let (panic, _) = trial_failure(&path, 0, "fails");
+        assert_eq!(panic.unwrap().message, "an earlier trial");
     }
 
     #[test]

@@ -8,6 +8,11 @@ use std::process::{Command, Stdio};
 
 use crate::util::{assert_no_process_with, hangcheck_test, leaked_by, marker, read, target_dir, workspace_root};
 
+/// Each test's (id, outcome), in run order.
+fn outcomes(tests: &[serde_json::Value]) -> Vec<(&str, &str)> {
+    tests.iter().map(|t| (t["id"].as_str().unwrap(), t["outcome"].as_str().unwrap())).collect()
+}
+
 #[test]
 fn one_leaking_trial_among_others_in_one_process_is_named_alone() {
     let mark = marker("harness-leak");
@@ -56,10 +61,8 @@ fn a_hung_trial_leaves_evidence_and_a_new_harness_runs_the_trials_after_it() {
     assert_eq!(run.code, 6, "the hang exit code\n{run}");
     let report = run.report();
     let tests = report["tests"].as_array().unwrap();
-    let outcomes: Vec<(&str, &str)> =
-        tests.iter().map(|t| (t["id"].as_str().unwrap(), t["outcome"].as_str().unwrap())).collect();
     assert_eq!(
-        outcomes,
+        outcomes(tests),
         [
             ("e2e::next_after_publish_is_delivered", "passed"),
             ("e2e::next_on_a_quiet_topic", "hung"),
@@ -107,5 +110,40 @@ fn plain_cargo_test_starts_the_server_itself_and_leaves_nothing_behind() {
     assert!(out.status.success(), "cargo test failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
     assert!(stdout.contains("test watch_three_keys_and_leave ... ok"), "{stdout}");
     assert!(stdout.contains("test result: ok. 7 passed; 0 failed"), "{stdout}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn failing_trials_are_named_with_their_messages_and_a_dead_harness_is_replaced() {
+    let mark = marker("harness-failures");
+    // Two targets of one package: `smoke` runs process per test, `trials` on the harness.
+    let run =
+        hangcheck_test(&["-p", "misbehaving-server", "--test", "smoke", "--test", "trials", "--server-env", &mark]);
+    assert_eq!(run.code, 4, "the tests-failed exit code\n{run}");
+    let report = run.report();
+    let tests = report["tests"].as_array().unwrap();
+    assert_eq!(
+        outcomes(tests),
+        [
+            ("smoke::greets", "passed"),
+            ("trials::greets", "passed"),
+            ("trials::returns_an_error", "failed"),
+            ("trials::panics", "failed"),
+            ("trials::exits_the_process", "failed"),
+            ("trials::greets_after_the_exit", "passed"),
+        ],
+        "the ignored trial is not run"
+    );
+    let log = |i: usize| tests[i]["log"].as_str().unwrap().to_owned();
+    assert!(log(0).ends_with("tests/smoke/greets.log"), "process per test: {}", log(0));
+    assert!((1..=4).all(|i| log(i).ends_with("tests/trials/harness-1.log")), "{tests:#?}");
+    assert!(log(5).ends_with("tests/trials/harness-2.log"), "a new harness after the exit: {tests:#?}");
+    // Each failure says why, from its own part of the shared log.
+    assert_eq!(tests[2]["detail"], "the answer was 41", "{:#}", tests[2]);
+    assert_eq!(tests[3]["panic"]["message"], "boom in a trial", "{:#}", tests[3]);
+    assert!(tests[3]["panic"]["location"].as_str().unwrap().contains("tests/trials.rs:"), "{:#}", tests[3]);
+    assert!(tests[2]["panic"].is_null(), "the panic after it is not its own: {:#}", tests[2]);
+    let died = tests[4]["detail"].as_str().unwrap();
+    assert!(died.contains("exited with exit code 3"), "{died}");
     assert_no_process_with(&mark);
 }
