@@ -28,6 +28,9 @@ pub enum LinkEvent {
         stall: Box<Stall>,
         /// Where it was written, if writing worked.
         file: Option<PathBuf>,
+        /// When it arrived: the agent pushes a stall the moment it catches it, so this
+        /// places it on the run's timeline.
+        at: Instant,
     },
     /// The agent sent something that was not a valid message.
     ProtocolError(String),
@@ -199,8 +202,9 @@ impl AgentLink {
                         });
                     }
                     Ok(AgentMessage::Stall(stall)) => {
+                        let at = Instant::now();
                         let file = on_stall(&stall);
-                        let _ = event_tx.send(LinkEvent::Stall { stall: Box::new(stall), file });
+                        let _ = event_tx.send(LinkEvent::Stall { stall: Box::new(stall), file, at });
                     }
                     Ok(msg) => {
                         let _ = answer_tx.send(msg);

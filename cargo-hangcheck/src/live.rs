@@ -85,7 +85,7 @@ fn live(args: &ServerArgs, signals: &Signals) -> Result<i32, SetupError> {
         if signals.take_stacks_request() {
             ondemand::serve_stacks(&mut server.link, server.child.pid(), &run_dir);
         }
-        for (stall, file) in server.take_events().stalls {
+        for (stall, file, _) in server.take_events().stalls {
             terminal::warn(format!(
                 "stall: worker {} stuck in one poll for {} ms; stack in {}",
                 stall.tid,

@@ -287,8 +287,8 @@ impl Run<'_> {
             self.reporters.emit(Event::ProtocolError { message });
         }
         let names: Vec<String> = self.tests.iter().map(|t| t.case.id()).chain(current.map(str::to_owned)).collect();
-        for (stall, file) in events.stalls {
-            let entry = stall_entry(&stall, file, &names);
+        for (stall, file, at) in events.stalls {
+            let entry = stall_entry(&stall, file, at, &names);
             self.reporters.emit(Event::Stall { stall: &entry });
         }
     }
@@ -449,7 +449,7 @@ impl Probe for ServerProbe<'_> {
     }
 }
 
-fn stall_entry(stall: &Stall, file: Option<PathBuf>, names: &[String]) -> StallEntry {
+fn stall_entry(stall: &Stall, file: Option<PathBuf>, at: std::time::Instant, names: &[String]) -> StallEntry {
     let owner = Epochs { names }.owner(stall.epoch);
     StallEntry {
         test: (stall.epoch as usize <= names.len()).then_some(owner),
@@ -463,5 +463,6 @@ fn stall_entry(stall: &Stall, file: Option<PathBuf>, names: &[String]) -> StallE
         note: stall.stack.note.clone(),
         file,
         frames: stall.stack.frames.clone(),
+        caught_at: Some(at),
     }
 }

@@ -47,8 +47,8 @@ pub struct Server {
 /// What the agent sent on its own between two looks.
 #[derive(Default)]
 pub struct Events {
-    /// Stalls, each with the file it was written to.
-    pub stalls: Vec<(Stall, Option<PathBuf>)>,
+    /// Stalls, each with the file it was written to and when it arrived.
+    pub stalls: Vec<(Stall, Option<PathBuf>, Instant)>,
     /// Messages that were not valid protocol.
     pub protocol_errors: Vec<String>,
 }
@@ -154,7 +154,7 @@ impl Server {
                     Some(LinkEvent::Announce(a)) => {
                         addrs.insert(a.name, a.addr);
                     }
-                    Some(LinkEvent::Stall { stall, file }) => early.stalls.push((*stall, file)),
+                    Some(LinkEvent::Stall { stall, file, at }) => early.stalls.push((*stall, file, at)),
                     Some(LinkEvent::Closed) => {
                         let why = child
                             .try_wait()
@@ -206,7 +206,7 @@ impl Server {
                 LinkEvent::Announce(Announcement { name, addr }) => {
                     self.addrs.insert(name, addr);
                 }
-                LinkEvent::Stall { stall, file } => events.stalls.push((*stall, file)),
+                LinkEvent::Stall { stall, file, at } => events.stalls.push((*stall, file, at)),
                 LinkEvent::ProtocolError(e) => events.protocol_errors.push(e),
                 LinkEvent::BadAnnouncement(why) => {
                     events.protocol_errors.push(why.clone());

@@ -30,6 +30,20 @@ fn a_blocked_worker_is_caught_with_the_handler_that_blocked_it() {
     let file = read(Path::new(stall["file"].as_str().unwrap()));
     assert!(file.contains("blocking_handler::audit_entries"), "{file}");
     assert!(run.stdout.contains("STALL"), "{run}");
+    // trace.json: the stall is a slice on its worker's own track.
+    let trace: serde_json::Value = serde_json::from_str(&read(&run.run_dir().join("trace.json"))).unwrap();
+    let events = trace["traceEvents"].as_array().unwrap();
+    let worker = events
+        .iter()
+        .find(|e| e["ph"] == "M" && e["name"] == "thread_name" && e["tid"] == stall["tid"])
+        .unwrap_or_else(|| panic!("no track for worker {}", stall["tid"]));
+    assert!(worker["args"]["name"].as_str().unwrap().contains("tokio-rt-worker"), "{worker}");
+    let slice = events
+        .iter()
+        .find(|e| e["ph"] == "X" && e["cat"] == "stall" && e["tid"] == stall["tid"] && e["pid"] == worker["pid"])
+        .unwrap_or_else(|| panic!("no stall slice on the worker's track"));
+    assert_eq!(slice["args"]["blocked_in"], stall["blocked_in"]);
+    assert_eq!(slice["dur"].as_u64(), stall["stuck_ms"].as_u64().map(|ms| ms * 1000));
     assert_no_process_with(&mark);
 }
 

@@ -11,4 +11,5 @@ mod leaks;
 mod lifecycle;
 mod reporting;
 mod survival;
+mod timeline;
 mod util;

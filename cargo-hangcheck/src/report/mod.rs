@@ -2,8 +2,9 @@
 //! [events](crate::event::Event).
 //!
 //! [`aggregate`] folds them into [`Report`], written as `report.json` (versioned;
-//! docs/report-format.md) and JUnit XML ([`junit`]); [`terminal`] shows them to a person as
-//! they happen; [`json`] prints them one per line for tools (`--message-format json`).
+//! docs/report-format.md) and JUnit XML ([`junit`]); [`timeline`] folds them on a clock,
+//! drawn as `trace.json` ([`trace`]); [`terminal`] shows them to a person as they happen;
+//! [`json`] prints them one per line for tools (`--message-format json`).
 //! [`Reporters`] hands each event to all of them. The serialized form only grows
 //! compatibly within a `format_version`.
 
@@ -12,6 +13,8 @@ pub mod delta;
 pub mod json;
 pub mod junit;
 pub mod terminal;
+pub mod timeline;
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,39 +38,43 @@ pub trait Reporter {
 }
 
 /// Every reporter of a run, fed the same events: the aggregate that becomes
-/// `report.json` and `junit.xml`, and the outputs chosen on the command line.
+/// `report.json` and `junit.xml`, the timeline that becomes `trace.json`, and the outputs
+/// chosen on the command line.
 pub struct Reporters {
     aggregate: aggregate::Aggregator,
+    timeline: timeline::Timeline,
     outputs: Vec<Box<dyn Reporter>>,
 }
 
 impl Reporters {
-    /// The aggregate plus `outputs`.
+    /// The aggregate and the timeline, plus `outputs`.
     pub fn new(outputs: Vec<Box<dyn Reporter>>) -> Reporters {
-        Reporters { aggregate: aggregate::Aggregator::default(), outputs }
+        Reporters { aggregate: aggregate::Aggregator::default(), timeline: timeline::Timeline::default(), outputs }
     }
 
-    /// Hands `event` to every reporter.
+    /// Hands `event` to every reporter; the timeline gets the moment it was emitted.
     pub fn emit(&mut self, event: Event<'_>) {
+        self.timeline.event_at(std::time::Instant::now(), &event);
         self.aggregate.event(&event);
         for output in &mut self.outputs {
             output.event(&event);
         }
     }
 
-    /// Ends the run: folds the report, writes `report.json` and `junit.xml` durably into
-    /// the run directory (when there is one), and shows the report to every output.
+    /// Ends the run: folds the report, writes `report.json`, `junit.xml` and `trace.json`
+    /// durably into the run directory (when there is one), and shows the report to every
+    /// output.
     pub fn finish(mut self, duration: std::time::Duration, run_dir: Option<&RunDir>) -> Report {
         let report = self.aggregate.finish(duration);
         if let Some(dir) = run_dir {
-            let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
-            let written = dir
-                .write_durable("report.json", &json)
-                .map_err(|e| format!("cannot write report.json: {e}"))
-                .and_then(|_| {
-                    let xml = junit::render(&report);
-                    dir.write_durable("junit.xml", xml.as_bytes()).map_err(|e| format!("cannot write junit.xml: {e}"))
-                });
+            let files: [(&str, &dyn Fn() -> Vec<u8>); 3] = [
+                ("report.json", &|| serde_json::to_vec_pretty(&report).unwrap_or_default()),
+                ("junit.xml", &|| junit::render(&report).into_bytes()),
+                ("trace.json", &|| trace::render(&self.timeline, &report).to_string().into_bytes()),
+            ];
+            let written = files.iter().try_for_each(|(name, render)| {
+                dir.write_durable(name, &render()).map(drop).map_err(|e| format!("cannot write {name}: {e}"))
+            });
             if let Err(message) = written {
                 for output in &mut self.outputs {
                     output.event(&Event::Warning { message: &message });
@@ -422,6 +429,10 @@ pub struct StallEntry {
     pub file: Option<PathBuf>,
     /// The whole stack, innermost first.
     pub frames: Vec<Frame>,
+    /// When the runner received it (the agent pushes a stall as it catches it): where it
+    /// goes on the run's timeline.
+    #[serde(skip)]
+    pub caught_at: Option<std::time::Instant>,
 }
 
 impl TestEntry {
