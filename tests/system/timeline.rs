@@ -1,7 +1,10 @@
 //! The run as a picture: `trace.json` (Chrome trace-event format) on the never-answers
-//! and waiter-leak examples, checked against the same run's `report.json`.
+//! and waiter-leak examples, checked against the same run's `report.json`, and
+//! `report.html` rendered in headless Chromium.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -133,5 +136,118 @@ fn the_trace_of_a_leaking_run_counts_the_leaked_group_up_test_by_test() {
     assert_eq!(live.last(), Some(&4), "four waiters leaked: {live:?}");
     let leak = events.iter().find(|e| e["ph"] == "i" && e["name"] == "leak: waiter");
     assert!(leak.is_some_and(|l| l["args"]["growth"] == 4), "{leak:?}");
+    assert_no_process_with(&mark);
+}
+
+/// Headless Chromium (`chromium`, Debian's package; `.ci/run` installs it), or the one
+/// `HANGCHECK_CHROMIUM` names.
+fn chromium() -> String {
+    if let Ok(path) = std::env::var("HANGCHECK_CHROMIUM") {
+        return path;
+    }
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|name| Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .unwrap_or_else(|| panic!("no Chromium to render report.html: apt-get install chromium (.ci/run does)"))
+        .to_owned()
+}
+
+/// What Chromium made of a page: its DOM after loading, and every console message
+/// (script errors, refused loads) it logged.
+struct Rendered {
+    dom: String,
+    console: Vec<String>,
+}
+
+/// Loads `page` in headless Chromium with a fresh profile and nothing of its own on the
+/// network; with `screenshot`, also saves the rendered page there.
+fn render(page: &Path, screenshot: Option<&Path>) -> Rendered {
+    let profile = tempfile::tempdir().unwrap();
+    let mut command = Command::new(chromium());
+    command
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        .args(["--disable-component-update", "--disable-sync", "--enable-logging=stderr", "--v=0"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--window-size=1280,1400")
+        .stdin(Stdio::null());
+    match screenshot {
+        Some(png) => command.arg(format!("--screenshot={}", png.display())),
+        None => command.arg("--dump-dom"),
+    };
+    let output = run_bounded(command.arg(format!("file://{}", page.display())), Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Rendered {
+        dom: String::from_utf8_lossy(&output.stdout).into_owned(),
+        console: stderr.lines().filter(|l| l.contains(":CONSOLE")).map(str::to_owned).collect(),
+    }
+}
+
+/// Runs `command` to its end, killing it past `limit`.
+fn run_bounded(command: &mut Command, limit: Duration) -> std::process::Output {
+    let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("chromium did not finish within {limit:?}");
+        }
+    }
+}
+
+#[test]
+fn report_html_renders_in_chromium_with_the_hang_and_the_leak() {
+    let mark = marker("report-html");
+    let run = hangcheck_test(&["-p", "never-answers", "--server-env", &mark]);
+    assert_eq!(run.code, HANG, "{run}");
+    let report = run.report();
+    let page = run.run_dir().join("report.html");
+    let html = read(&page);
+    // Self-contained: nothing to fetch, nothing to run.
+    assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("https://"), "{html}");
+
+    // The check for console messages catches a page that tries to load something.
+    let control = tempfile::tempdir().unwrap();
+    let bad = control.path().join("bad.html");
+    std::fs::write(
+        &bad,
+        html.replacen("</head>", "<link rel=\"stylesheet\" href=\"https://example.invalid/x.css\"></head>", 1),
+    )
+    .unwrap();
+    assert!(!render(&bad, None).console.is_empty(), "a refused load is logged to the console");
+
+    let rendered = render(&page, None);
+    assert!(rendered.console.is_empty(), "the page logged: {:#?}", rendered.console);
+    let dom = &rendered.dom;
+    assert!(dom.contains("id=\"verdict\">HANG</span>"), "{dom}");
+    // The hang, with where its tasks wait and its evidence linked relative to the page.
+    let hang =
+        dom.find("<span class=\"tag\">HANG</span> test <code>e2e::next_on_a_quiet_topic</code>").expect("the hang");
+    let hang_block = &dom[hang..dom[hang..].find("</div>").unwrap() + hang];
+    assert!(hang_block.contains("waiting in never_answers::"), "{hang_block}");
+    for file in report["tests"].as_array().unwrap().iter().flat_map(|t| t["evidence"].as_array().unwrap()) {
+        let name = Path::new(file.as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned();
+        assert!(hang_block.contains(&format!("href=\"hangs/{name}\"")), "{name} in {hang_block}");
+        assert!(run.run_dir().join("hangs").join(&name).exists());
+    }
+    // The leak, named as report.json names it.
+    let leak = &report["leaks"][0];
+    let leaked =
+        format!("<span class=\"tag\">LEAK</span> task group <code>`{}`</code>", leak["group"].as_str().unwrap());
+    assert!(dom.contains(&leaked), "{dom}");
+    // The timeline and the accumulation table.
+    assert_eq!(dom.matches("<rect class=\"test ").count(), report["tests"].as_array().unwrap().len());
+    assert_eq!(dom.matches("<rect class=\"test hung\"").count(), 1);
+    assert!(dom.contains("<line class=\"mark hang\""), "{dom}");
+    assert!(dom.contains("id=\"accumulation\"") && dom.contains("<svg class=\"spark\""), "{dom}");
+
+    let png = run.run_dir().join("report.png");
+    render(&page, Some(&png));
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000, "a screenshot of the page");
     assert_no_process_with(&mark);
 }

@@ -3,13 +3,15 @@
 //!
 //! [`aggregate`] folds them into [`Report`], written as `report.json` (versioned;
 //! docs/report-format.md) and JUnit XML ([`junit`]); [`timeline`] folds them on a clock,
-//! drawn as `trace.json` ([`trace`]); [`terminal`] shows them to a person as they happen;
+//! drawn as `trace.json` ([`trace`]) and, with the report, `report.html` ([`html`]); [`terminal`] shows them to a person as they happen;
 //! [`json`] prints them one per line for tools (`--message-format json`).
 //! [`Reporters`] hands each event to all of them. The serialized form only grows
 //! compatibly within a `format_version`.
 
+pub mod accumulation;
 pub mod aggregate;
 pub mod delta;
+pub mod html;
 pub mod json;
 pub mod junit;
 pub mod terminal;
@@ -61,16 +63,17 @@ impl Reporters {
         }
     }
 
-    /// Ends the run: folds the report, writes `report.json`, `junit.xml` and `trace.json`
-    /// durably into the run directory (when there is one), and shows the report to every
+    /// Ends the run: folds the report, writes `report.json`, `junit.xml`, `trace.json` and
+    /// `report.html` durably into the run directory (when there is one), and shows the report to every
     /// output.
     pub fn finish(mut self, duration: std::time::Duration, run_dir: Option<&RunDir>) -> Report {
         let report = self.aggregate.finish(duration);
         if let Some(dir) = run_dir {
-            let files: [(&str, &dyn Fn() -> Vec<u8>); 3] = [
+            let files: [(&str, &dyn Fn() -> Vec<u8>); 4] = [
                 ("report.json", &|| serde_json::to_vec_pretty(&report).unwrap_or_default()),
                 ("junit.xml", &|| junit::render(&report).into_bytes()),
                 ("trace.json", &|| trace::render(&self.timeline, &report).to_string().into_bytes()),
+                ("report.html", &|| html::render(&self.timeline, &report).into_bytes()),
             ];
             let written = files.iter().try_for_each(|(name, render)| {
                 dir.write_durable(name, &render()).map(drop).map_err(|e| format!("cannot write {name}: {e}"))

@@ -7,7 +7,6 @@
 //! `--color never`, so CI logs stay plain. Results go to stdout and status to stderr,
 //! unless stdout carries `--message-format json`, when everything here goes to stderr.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use anstream::eprintln;
 use anstyle::{AnsiColor, Style};
 use hangcheck_runtime::protocol::Snapshot;
 
+use super::accumulation;
 use super::{
     CounterEntry, Report, Reporter, ShutdownEntry, ShutdownOutcome, SlowOps, StallEntry, TestEntry, TestOutcome,
     TestRecord,
@@ -22,7 +22,6 @@ use super::{
 use crate::analysis::{ConcurrentOps, Leak, MeasureKind};
 use crate::errors::SetupError;
 use crate::event::Event;
-use crate::measures;
 
 /// Writes a line to a result stream; a closed stream must not stop the run.
 macro_rules! say {
@@ -192,7 +191,7 @@ fn test_line(out: &mut dyn Write, record: &TestRecord, previous: Option<&Snapsho
     let mut grew = String::new();
     if let (Some(now), Some(before)) = (&record.snapshot, previous) {
         for g in &now.groups {
-            let old = live(before, &g.key);
+            let old = accumulation::live(before, &g.key);
             if g.live > old {
                 grew.push_str(&format!("  {} +{}", g.key, g.live - old));
             }
@@ -240,18 +239,8 @@ fn test_line(out: &mut dyn Write, record: &TestRecord, previous: Option<&Snapsho
     }
 }
 
-fn live(s: &Snapshot, key: &str) -> u64 {
-    s.groups.iter().find(|g| g.key == key).map_or(0, |g| g.live)
-}
-
 fn seconds(d: Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())
-}
-
-/// One column of the accumulation table.
-struct Column {
-    title: String,
-    values: Vec<Option<i128>>,
 }
 
 /// The accumulation table: a row per test, a column per task group, counter or gauge that
@@ -260,49 +249,7 @@ struct Column {
 fn table(out: &mut dyn Write, baseline: &Snapshot, tests: &[Row]) {
     let rows: Vec<Option<&Snapshot>> =
         std::iter::once(Some(baseline)).chain(tests.iter().map(|t| t.snapshot.as_ref())).collect();
-    let mut columns: Vec<Column> = Vec::new();
-    let group_keys: BTreeSet<&str> =
-        rows.iter().flatten().flat_map(|s| s.groups.iter().map(|g| g.key.as_str())).collect();
-    let titles = short_titles(&group_keys);
-    for (key, title) in group_keys.iter().zip(titles) {
-        let key = *key;
-        columns.push(Column { title, values: rows.iter().map(|s| s.map(|s| live(s, key) as i128)).collect() });
-    }
-    let op_kinds: BTreeSet<&str> = rows.iter().flatten().flat_map(|s| s.ops.iter().map(|o| o.kind.as_str())).collect();
-    for kind in op_kinds {
-        columns.push(Column {
-            title: measures::op_key(kind),
-            values: rows
-                .iter()
-                .map(|s| s.map(|s| s.ops.iter().find(|o| o.kind == kind).map_or(0, |o| o.in_flight) as i128))
-                .collect(),
-        });
-    }
-    for m in measures::PROCESS {
-        columns.push(Column {
-            title: m.key.to_owned(),
-            values: rows.iter().map(|s| s.map(|s| (m.read)(s) as i128)).collect(),
-        });
-    }
-    let counter_keys: BTreeSet<&str> =
-        rows.iter().flatten().flat_map(|s| s.counters.keys().map(String::as_str)).collect();
-    for key in counter_keys {
-        columns.push(Column {
-            title: format!("{key}#"),
-            values: rows.iter().map(|s| s.map(|s| s.counters.get(key).copied().unwrap_or(0) as i128)).collect(),
-        });
-    }
-    let gauge_keys: BTreeSet<&str> = rows.iter().flatten().flat_map(|s| s.gauges.keys().map(String::as_str)).collect();
-    for key in gauge_keys {
-        columns.push(Column {
-            title: format!("{key}~"),
-            values: rows.iter().map(|s| s.map(|s| s.gauges.get(key).copied().unwrap_or(0) as i128)).collect(),
-        });
-    }
-    columns.retain(|c| {
-        let known: Vec<i128> = c.values.iter().flatten().copied().collect();
-        known.windows(2).any(|w| w[0] != w[1])
-    });
+    let columns = accumulation::columns(&rows);
 
     say!(out);
     say!(
@@ -317,7 +264,7 @@ fn table(out: &mut dyn Write, baseline: &Snapshot, tests: &[Row]) {
     let names: Vec<String> =
         std::iter::once("(baseline)".to_owned()).chain(tests.iter().map(|t| t.id.clone())).collect();
     let name_width = names.iter().map(|n| n.chars().count()).max().unwrap_or(10).min(48);
-    let cells: Vec<Vec<String>> = columns.iter().map(|c| cells(&c.values)).collect();
+    let cells: Vec<Vec<String>> = columns.iter().map(|c| accumulation::cells(&c.values)).collect();
     let widths: Vec<usize> = columns
         .iter()
         .zip(&cells)
@@ -342,44 +289,6 @@ fn table(out: &mut dyn Write, baseline: &Snapshot, tests: &[Row]) {
         trend.push_str(&format!("  {:>w$}", sparkline(&c.values), w = *w));
     }
     say!(out, "{DIM}{trend}{DIM:#}");
-}
-
-/// Column titles for group keys: a location key (`dir/file.rs:line`) is cut to its last
-/// two path components, unless that would make two titles alike.
-fn short_titles(keys: &BTreeSet<&str>) -> Vec<String> {
-    let short = |key: &str| -> String {
-        let parts: Vec<&str> = key.split('/').collect();
-        if parts.len() <= 2 {
-            key.to_owned()
-        } else {
-            format!("…/{}", parts[parts.len() - 2..].join("/"))
-        }
-    };
-    let shorts: Vec<String> = keys.iter().map(|k| short(k)).collect();
-    let unique: BTreeSet<&String> = shorts.iter().collect();
-    if unique.len() == shorts.len() {
-        shorts
-    } else {
-        keys.iter().map(|k| k.to_string()).collect()
-    }
-}
-
-fn cells(values: &[Option<i128>]) -> Vec<String> {
-    let mut previous: Option<i128> = None;
-    values
-        .iter()
-        .map(|v| match v {
-            None => "?".to_owned(),
-            Some(v) => {
-                let cell = match previous {
-                    Some(p) if *v != p => format!("{v} ({:+})", v - p),
-                    _ => v.to_string(),
-                };
-                previous = Some(*v);
-                cell
-            }
-        })
-        .collect()
 }
 
 fn sparkline(values: &[Option<i128>]) -> String {
@@ -578,19 +487,6 @@ fn summary(out: &mut dyn Write, report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cells_show_deltas_and_unknowns() {
-        assert_eq!(cells(&[Some(0), Some(1), Some(1), None, Some(4)]), vec!["0", "1 (+1)", "1", "?", "4 (+3)"]);
-    }
-
-    #[test]
-    fn location_titles_are_shortened_unless_they_would_collide() {
-        let keys: BTreeSet<&str> = ["conn", "examples/a/src/main.rs:63", "tower-0.5.3/src/buffer/service.rs:57"].into();
-        assert_eq!(short_titles(&keys), vec!["conn", "…/src/main.rs:63", "…/buffer/service.rs:57"]);
-        let clash: BTreeSet<&str> = ["a/src/main.rs:1", "b/src/main.rs:1"].into();
-        assert_eq!(short_titles(&clash), vec!["a/src/main.rs:1", "b/src/main.rs:1"]);
-    }
 
     #[test]
     fn long_labels_are_cut_in_the_middle() {

@@ -56,6 +56,8 @@ pub struct TestSpan {
     pub settled: Duration,
     /// How it ended.
     pub outcome: TestOutcome,
+    /// The settled snapshot after it, if the server could answer.
+    pub snapshot: Option<Snapshot>,
 }
 
 /// A settled snapshot.
@@ -185,6 +187,7 @@ impl Timeline {
                     duration: record.run.duration,
                     settled: now,
                     outcome: TestOutcome::of(&record.run.outcome).0,
+                    snapshot: record.snapshot.clone(),
                 });
                 if let Some(s) = &record.snapshot {
                     self.sample(now, s);
