@@ -71,20 +71,35 @@ fn abandon_watch(addr: &str, key: &str) {
     assert_eq!(&reply, b"WATCHING\n");
 }
 
+/// A live runner that is killed (and its server with it, by PDEATHSIG) if the test fails
+/// before it stops it: a failed test must not leave a server running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn live_mode_shows_what_accumulates_between_snapshots() {
     let mark = marker("live");
     let out = tempfile::tempdir().unwrap();
     let (stdout, stderr) = (out.path().join("stdout"), out.path().join("stderr"));
-    let mut runner = Command::new(env!("CARGO_BIN_EXE_cargo-hangcheck"))
-        .args(["hangcheck", "run", "--color", "never", "-p", "waiter-leak", "--server-env", &mark, "--target-dir"])
-        .arg(target_dir())
-        .current_dir(workspace_root())
-        .stdin(Stdio::piped())
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
+    let mut runner = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_cargo-hangcheck"))
+            .args(["hangcheck", "run", "--color", "never", "-p", "waiter-leak", "--server-env", &mark, "--target-dir"])
+            .arg(target_dir())
+            .current_dir(workspace_root())
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
     let mut addr = String::new();
     wait_for("the announced address", || {
@@ -95,16 +110,19 @@ fn live_mode_shows_what_accumulates_between_snapshots() {
 
     abandon_watch(&addr, "live-1");
     abandon_watch(&addr, "live-2");
-    runner.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    runner.0.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
     wait_for("the first snapshot", || read(&stdout).contains("snapshot 1:"));
     let first = read(&stdout);
-    let line = first.lines().find(|l| l.trim_start().starts_with("tasks waiter")).expect("a waiter row");
+    let line = first
+        .lines()
+        .find(|l| l.trim_start().starts_with("tasks waiter"))
+        .unwrap_or_else(|| panic!("no waiter row\n{first}"));
     assert!(line.contains("0 -> 2") && line.contains("(+2)"), "{first}");
 
     // From another terminal: the deltas since the previous snapshot, not since the start.
     abandon_watch(&addr, "live-3");
     // Other runs may be in progress in the same target directory: name this one.
-    let pid = runner.id().to_string();
+    let pid = runner.0.id().to_string();
     let other = crate::util::run_runner(&["hangcheck", "snapshot", "--pid", &pid], &workspace_root());
     assert_eq!(other.code, 0, "{other}");
     let line = other.stdout.lines().find(|l| l.trim_start().starts_with("tasks waiter")).expect("a waiter row");
@@ -114,10 +132,10 @@ fn live_mode_shows_what_accumulates_between_snapshots() {
     assert_eq!(stacks.code, 0, "{stacks}");
     assert!(stacks.stdout.contains("hangcheck-agent") || stacks.stdout.contains("tokio-rt-worker"), "{stacks}");
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner.0.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let status = loop {
-        if let Some(status) = runner.try_wait().unwrap() {
+        if let Some(status) = runner.0.try_wait().unwrap() {
             break status;
         }
         assert!(std::time::Instant::now() < deadline, "the live runner did not stop on Ctrl-C");
