@@ -129,6 +129,10 @@ pub struct ServerArgs {
     /// A worker stuck in one poll this long is a stall; 0 turns the watchdog off [config: stall-threshold; default: 250ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
     pub stall_threshold: Option<Duration>,
+    /// Time the server's agent gets for the async task stacks of one stacks request (a dump
+    /// of a big server is grouped and cut to fit it) [config: stacks-budget; default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
+    pub stacks_budget: Option<Duration>,
     /// Count polls and busy time per task group (costs a lookup per poll) [config: poll-stats].
     #[arg(long, help_heading = "Server")]
     pub poll_stats: bool,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cargo_metadata::{Metadata, MetadataCommand, Package, TargetKind};
+use hangcheck_runtime::protocol::StacksBudget;
 use serde::Deserialize;
 
 use crate::analysis::LeakPolicy;
@@ -25,6 +26,7 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     settle: Option<String>,
     stall_threshold: Option<String>,
+    stacks_budget: Option<String>,
     poll_stats: Option<bool>,
     fail_fast: Option<bool>,
     leaks: Option<LeaksTable>,
@@ -84,6 +86,8 @@ pub struct Config {
     pub settle: Duration,
     /// A poll longer than this is a stall; zero turns the watchdog off.
     pub stall_threshold: Duration,
+    /// What one stacks request may cost the server (`stacks-budget`, and the size cap).
+    pub stacks_budget: StacksBudget,
     /// Count polls and busy time per task group.
     pub poll_stats: bool,
     /// Stop at the first failed or hung test.
@@ -218,6 +222,16 @@ impl Config {
                 "stall-threshold",
                 Duration::from_millis(250),
             )?,
+            stacks_budget: StacksBudget {
+                deadline_ms: duration(
+                    server_args.stacks_budget,
+                    file.stacks_budget,
+                    "stacks-budget",
+                    Duration::from_millis(StacksBudget::DEFAULT.deadline_ms),
+                )?
+                .as_millis() as u64,
+                ..StacksBudget::DEFAULT
+            },
             poll_stats: server_args.poll_stats || file.poll_stats.unwrap_or(false),
             fail_fast: args.fail_fast || file.fail_fast.unwrap_or(false),
             leaks: LeakPolicy { allow_growth: args.allow_growth.or(leaks.allow_growth).unwrap_or(0), ignore },
@@ -316,6 +330,7 @@ fn merge(ws: FileConfig, pkg: FileConfig) -> FileConfig {
         shutdown_grace: pkg.shutdown_grace.or(ws.shutdown_grace),
         settle: pkg.settle.or(ws.settle),
         stall_threshold: pkg.stall_threshold.or(ws.stall_threshold),
+        stacks_budget: pkg.stacks_budget.or(ws.stacks_budget),
         poll_stats: pkg.poll_stats.or(ws.poll_stats),
         fail_fast: pkg.fail_fast.or(ws.fail_fast),
         leaks,

@@ -14,7 +14,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use hangcheck_runtime::protocol::{
-    self, AgentMessage, Announcement, Hello, ProtocolError, RunnerMessage, Snapshot, Stacks, Stall, MAX_AGENT_MESSAGE,
+    self, AgentMessage, Announcement, Hello, ProtocolError, RunnerMessage, Snapshot, Stacks, StacksBudget, Stall,
+    MAX_AGENT_MESSAGE,
 };
 
 /// Something the agent said (or that happened to the connection) outside an answer.
@@ -155,6 +156,7 @@ pub struct AgentLink {
     answers: Receiver<AgentMessage>,
     events: Receiver<LinkEvent>,
     next_id: u64,
+    stacks_budget: StacksBudget,
 }
 
 impl AgentLink {
@@ -219,7 +221,8 @@ impl AgentLink {
                 }
             })
             .map_err(|e| e.to_string())?;
-        Ok((AgentLink { writer: stream, answers, events, next_id: 1 }, hello))
+        let link = AgentLink { writer: stream, answers, events, next_id: 1, stacks_budget: StacksBudget::DEFAULT };
+        Ok((link, hello))
     }
 
     /// Sends a request and waits up to `timeout` for its answer.
@@ -253,9 +256,16 @@ impl AgentLink {
         }
     }
 
-    /// Asks for every thread's stack.
-    pub fn stacks(&mut self, timeout: Duration) -> Result<Stacks, LinkError> {
-        match self.request(|id| RunnerMessage::Stacks { id }, timeout)? {
+    /// Sets what each stacks request may cost the server.
+    pub fn set_stacks_budget(&mut self, budget: StacksBudget) {
+        self.stacks_budget = budget;
+    }
+
+    /// Asks for every thread's stack and the async task stacks within the budget, and
+    /// waits as long as that budget says.
+    pub fn stacks(&mut self) -> Result<Stacks, LinkError> {
+        let budget = self.stacks_budget;
+        match self.request(|id| RunnerMessage::Stacks { id, budget: Some(budget) }, budget.runner_wait())? {
             AgentMessage::Stacks { stacks, .. } => Ok(stacks),
             other => Err(unexpected(other)),
         }

@@ -137,11 +137,12 @@ impl Server {
         };
         let interrupted = || signals.interrupted();
         let handshake = AgentLink::handshake(stream, deadline, interrupted, stall_writer(run_dir.clone()));
-        let (link, hello) = match handshake {
+        let (mut link, hello) = match handshake {
             Ok(pair) => pair,
             Err(_) if signals.interrupted() => return Err(SetupError::Interrupted),
             Err(e) => return Err(fail(e)),
         };
+        link.set_stacks_budget(config.stacks_budget);
         if let Some(why) = hello.announced.iter().find_map(|a| a.check().err()) {
             return Err(fail(format!("protocol error: the server's hello is malformed: {why}")));
         }

@@ -17,8 +17,6 @@ use crate::rundir::{Evidence, RunDir};
 use crate::settle::SNAPSHOT_TIMEOUT;
 use crate::signal::Signals;
 
-/// How long the agent gets to answer a stacks request.
-pub const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long gdb gets to attach and print every thread's backtrace.
 const GDB_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -38,7 +36,7 @@ pub fn fetch(link: &mut AgentLink, pid: u32, run_dir: &RunDir) -> Fetched {
         // A stopped process cannot run its agent; do not wait for it.
         return outside(pid, "the server is stopped (SIGSTOP); its agent thread cannot run", run_dir);
     }
-    let why = match link.stacks(AGENT_TIMEOUT) {
+    let why = match link.stacks() {
         Ok(stacks) => {
             let header = format!("hangcheck: stacks of pid {pid}\nsource: agent\n\n");
             let text = header + &stacks.render();

@@ -17,8 +17,8 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 
 use crate::protocol::{
-    self, AgentMessage, Hello, ProtocolError, RunnerMessage, RuntimeStats, Snapshot, Stall, MAX_RUNNER_MESSAGE,
-    SOCKET_ENV, VERSION,
+    self, AgentMessage, Hello, ProtocolError, RunnerMessage, RuntimeStats, Snapshot, Stacks, StacksBudget, Stall,
+    MAX_AGENT_MESSAGE, MAX_RUNNER_MESSAGE, SOCKET_ENV, VERSION,
 };
 use crate::registry::Registry;
 use crate::watchdog::Watchdog;
@@ -131,11 +131,37 @@ impl Agent {
                 self.registry.set_epoch(epoch);
                 AgentMessage::Ack { id }
             }
-            RunnerMessage::Stacks { id } => {
+            RunnerMessage::Stacks { id, budget } => {
                 // Thread stacks first: they come back even from a frozen runtime.
                 let mut stacks = stacks::all();
-                stacks.tasks = Some(taskdump::dump(self.runtime.get(), self.watchdog.stuck()));
+                let budget = budget.unwrap_or(StacksBudget::DEFAULT);
+                stacks.tasks = Some(taskdump::dump(self.runtime.get(), self.watchdog.stuck(), budget));
+                fit(&mut stacks);
                 AgentMessage::Stacks { id, stacks }
+            }
+        }
+    }
+}
+
+/// Makes a stacks answer fit the message limit whatever the budget said: task groups
+/// are dropped (fewest tasks first, and counted), then threads' frames, so that the
+/// runner always gets an answer rather than a refused oversized line.
+fn fit(stacks: &mut Stacks) {
+    let size = |s: &Stacks| protocol::encode(&AgentMessage::Stacks { id: u64::MAX, stacks: s.clone() }).len();
+    while size(stacks) > MAX_AGENT_MESSAGE {
+        if let Some(dump) = stacks.tasks.as_mut().filter(|d| !d.groups.is_empty()) {
+            let keep = dump.groups.len() / 2;
+            let dropped: u64 = dump.groups.drain(keep..).map(|g| g.count).sum();
+            dump.omitted += dropped;
+            dump.note = Some(format!("the answer was over the {MAX_AGENT_MESSAGE}-byte message limit"));
+        } else if let Some(t) = stacks.threads.iter_mut().find(|t| t.frames.len() > 16) {
+            t.frames.truncate(16);
+            t.note = Some("frames past the 16th left out to fit the message limit".into());
+        } else {
+            let keep = stacks.threads.len() / 2;
+            stacks.threads.truncate(keep);
+            if keep == 0 {
+                return;
             }
         }
     }

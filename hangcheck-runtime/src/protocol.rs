@@ -101,10 +101,15 @@ pub enum RunnerMessage {
         /// The new epoch; epochs only grow.
         epoch: u64,
     },
-    /// Ask for the stack of every thread of the process.
+    /// Ask for the stack of every thread of the process, and its async task stacks
+    /// within `budget`.
     Stacks {
         /// Echoed in the answer.
         id: u64,
+        /// What the async task stacks may cost; [`StacksBudget::DEFAULT`] when absent
+        /// (a runner of before budgets).
+        #[serde(default)]
+        budget: Option<StacksBudget>,
     },
 }
 
@@ -413,15 +418,63 @@ pub struct Stacks {
     pub tasks: Option<TaskDump>,
 }
 
-/// tokio's task dump: where each task is parked.
+/// What a stacks answer may cost, sent by the runner with each request: the one place
+/// that sets both the agent's deadline and the runner's wait for the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StacksBudget {
+    /// How long the task dump and the grouping of its traces may take, in milliseconds.
+    pub deadline_ms: u64,
+    /// How many bytes of distinct async traces the answer may carry; tasks beyond it are
+    /// counted, not shown.
+    pub max_bytes: u64,
+}
+
+impl StacksBudget {
+    /// The budget of every request the runner sends: 2 s and 1 MiB of traces.
+    pub const DEFAULT: StacksBudget = StacksBudget { deadline_ms: 2_000, max_bytes: 1024 * 1024 };
+
+    /// How long the runner waits for the answer: the budget, plus the thread stacks
+    /// (each thread gets at most 250 ms; symbolising the first time can take seconds),
+    /// plus sending it.
+    pub fn runner_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.deadline_ms) + std::time::Duration::from_secs(4)
+    }
+}
+
+/// tokio's task dump: where each task is parked, tasks with identical traces grouped
+/// (as Go's goroutine dump does with `debug=1`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskDump {
-    /// One entry per task.
+    /// One entry per task: what agents of before grouping send; empty from newer ones.
     pub tasks: Vec<AsyncTask>,
+    /// Tasks grouped by identical (group, spawn location, trace), most tasks first.
+    #[serde(default)]
+    pub groups: Vec<AsyncTaskGroup>,
+    /// Tasks counted but not shown: past the size or time budget.
+    #[serde(default)]
+    pub omitted: u64,
+    /// Why some tasks were omitted, when some were.
+    #[serde(default)]
+    pub note: Option<String>,
     /// Why the dump was not taken, when it was not.
     pub skipped: Option<String>,
     /// How long the dump took, in milliseconds.
     pub took_ms: u64,
+}
+
+/// Tasks with one identical async trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AsyncTaskGroup {
+    /// How many tasks have this trace.
+    pub count: u64,
+    /// Their group key, when known.
+    pub group: Option<String>,
+    /// Where they were spawned, when known.
+    pub location: Option<String>,
+    /// The ids of the first few of them.
+    pub ids: Vec<u64>,
+    /// The await tree, as tokio renders it.
+    pub trace: String,
 }
 
 /// One task of a task dump.
@@ -497,6 +550,30 @@ impl Stacks {
             None => {}
             Some(TaskDump { skipped: Some(why), .. }) => {
                 out.push_str(&format!("\nasync task stacks: skipped: {why}\n"))
+            }
+            Some(dump) if dump.tasks.is_empty() => {
+                let total: u64 = dump.groups.iter().map(|g| g.count).sum::<u64>() + dump.omitted;
+                out.push_str(&format!(
+                    "\nasync task stacks: {total} tasks, {} distinct stacks, dumped in {} ms\n",
+                    dump.groups.len(),
+                    dump.took_ms
+                ));
+                if let Some(note) = &dump.note {
+                    out.push_str(&format!("{} tasks not shown: {note}\n", dump.omitted));
+                }
+                for g in &dump.groups {
+                    let ids: Vec<String> = g.ids.iter().map(u64::to_string).collect();
+                    let more = if g.count > g.ids.len() as u64 { ", ..." } else { "" };
+                    out.push_str(&format!(
+                        "\n{} {} of group {} spawned at {} (ids {}{more})\n{}\n",
+                        g.count,
+                        if g.count == 1 { "task" } else { "tasks" },
+                        g.group.as_deref().unwrap_or("?"),
+                        g.location.as_deref().unwrap_or("?"),
+                        ids.join(", "),
+                        g.trace
+                    ));
+                }
             }
             Some(dump) => {
                 out.push_str(&format!(

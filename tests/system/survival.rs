@@ -222,3 +222,61 @@ fn a_foreign_connection_to_the_agent_socket_is_refused_and_the_run_goes_on() {
     assert!(tests.len() == 2 && tests.iter().all(|t| t["outcome"] == "passed"), "{run}");
     assert_no_process_with(&mark);
 }
+
+/// Runs the survivor fixture with 100,000 idle tasks, its hanging tests and the one after
+/// them, and `extra` arguments; a hang is exit code 6.
+fn big_server_with_hangs(mark: &str, extra: &[&str]) -> crate::util::Run {
+    let mut args = vec!["-p", "survivor", "--server-env", "SURVIVOR_IDLE_TASKS=100000", "--server-env", mark];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["hangs", "then_still_answers"]);
+    let run = crate::util::run_runner(&test_args(&args), &crate::util::workspace_root());
+    assert_eq!(run.code, 6, "{run}");
+    let report = run.report();
+    let ids: Vec<(&str, &str)> = report["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap(), t["outcome"].as_str().unwrap()))
+        .collect();
+    let want = [("e2e::hangs", "hung"), ("e2e::hangs_again", "hung"), ("e2e::then_still_answers", "passed")];
+    assert_eq!(ids, want, "the suite goes on after each hang\n{run}");
+    run
+}
+
+/// The stack file of the hung test `id`, which must come from the agent.
+fn agent_stacks(run: &crate::util::Run, id: &str) -> String {
+    let report = run.report();
+    let test = report["tests"].as_array().unwrap().iter().find(|t| t["id"] == id).unwrap().clone();
+    assert_eq!(test["stacks_source"], "agent", "{run}");
+    let evidence = test["evidence"].as_array().unwrap();
+    let file = evidence.iter().map(|e| e.as_str().unwrap()).find(|e| e.ends_with(".stacks.txt")).unwrap();
+    std::fs::read_to_string(file).unwrap()
+}
+
+#[test]
+fn a_hung_test_among_100_000_idle_tasks_gets_grouped_async_stacks_from_the_agent_and_the_suite_goes_on() {
+    let mark = marker("big-server");
+    let run = big_server_with_hangs(&mark, &["--test-timeout", "3s"]);
+    let text = agent_stacks(&run, "e2e::hangs");
+    let head = &text[..text.len().min(5000)];
+    assert!(text.contains("source: agent"), "{head}");
+    // 100,000 idle tasks are one group with a count, and the culprit is its own.
+    assert!(text.contains("100000 tasks of group idle"), "{head}");
+    assert!(text.contains("survivor::wait_for_an_answer"), "the async culprit: {head}");
+    assert!(text.len() < 1024 * 1024, "{} bytes", text.len());
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn a_task_dump_past_its_budget_completes_in_the_background_and_the_next_one_runs_afresh() {
+    let mark = marker("dump-budget");
+    let run = big_server_with_hangs(&mark, &["--test-timeout", "5s", "--stacks-budget", "1ms"]);
+    let first = agent_stacks(&run, "e2e::hangs");
+    assert!(first.contains("did not finish within 1 ms"), "{first}");
+    // Had the first dump been abandoned with tokio's trace request set, the second would
+    // find it still pending; it finished in the background, so a new one was started.
+    let second = agent_stacks(&run, "e2e::hangs_again");
+    assert!(second.contains("did not finish within 1 ms"), "{second}");
+    assert!(!second.contains("still finishing"), "{second}");
+    assert_no_process_with(&mark);
+}
