@@ -203,17 +203,17 @@ impl Announcement {
     pub fn check(&self) -> Result<(), String> {
         let bad = |what: &str, value: &str, limit: usize| {
             if value.is_empty() {
-                Some(format!("an empty {what}"))
+                Some(format!("the {what} is empty"))
             } else if value.len() > limit {
-                Some(format!("a {what} over {limit} bytes"))
+                Some(format!("the {what} is over {limit} bytes"))
             } else if value.contains('\0') {
-                Some(format!("a {what} with a NUL byte ({value:?})"))
+                Some(format!("the {what} holds a NUL byte ({value:?})"))
             } else {
                 None
             }
         };
         match bad("name", &self.name, 128).or_else(|| bad("address", &self.addr, 1024)) {
-            Some(why) => Err(format!("announcement {:?} has {why}", self.name)),
+            Some(why) => Err(format!("announcement {:?}: {why}", self.name)),
             None => Ok(()),
         }
     }
