@@ -205,7 +205,8 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         let found = loop {
             let found = find(&[], |who| who == "unit::detaches");
-            if !found.is_empty() || Instant::now() > deadline {
+            // Until `sh`'s fork has exec'd `setsid sleep`, the orphan still reads as `sh`.
+            if found.iter().any(|f| f.1.ends_with("sleep 30")) || Instant::now() > deadline {
                 break found;
             }
             std::thread::sleep(Duration::from_millis(10));
