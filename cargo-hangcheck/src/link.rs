@@ -59,6 +59,9 @@ pub enum LinkError {
     Send(#[from] ProtocolError),
 }
 
+/// The longest a request may take to be written to the socket.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often the wait for hello looks at the deadline and at Ctrl-C.
 const HELLO_POLL: Duration = Duration::from_millis(50);
 
@@ -191,6 +194,9 @@ impl AgentLink {
             }
         };
         stream.set_read_timeout(None).map_err(|e| e.to_string())?;
+        // A request is small, but a server that stopped reading fills the socket buffer:
+        // then the write fails after this long instead of blocking the run.
+        stream.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| e.to_string())?;
         let (answer_tx, answers) = mpsc::channel();
         let (event_tx, events) = mpsc::channel();
         std::thread::Builder::new()
@@ -251,7 +257,11 @@ impl AgentLink {
     /// Asks for a snapshot.
     pub fn snapshot(&mut self, timeout: Duration) -> Result<Snapshot, LinkError> {
         match self.request(|id| RunnerMessage::Snapshot { id }, timeout)? {
-            AgentMessage::Snapshot { snapshot, .. } => Ok(snapshot),
+            // Folded again here: an agent of before the caps sends everything.
+            AgentMessage::Snapshot { mut snapshot, .. } => {
+                snapshot.fold();
+                Ok(snapshot)
+            }
             other => Err(unexpected(other)),
         }
     }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hangcheck_runtime::protocol::Snapshot;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 
 use crate::cli::LocateArgs;
@@ -24,19 +25,41 @@ use crate::stacks;
 /// How long `cargo hangcheck stacks` waits for the runner to write the file.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Removes `runner.json` when the run ends.
-pub struct RunnerMarker(PathBuf);
+/// Holds an exclusive lock on `runner.json` for as long as the run lives (the kernel
+/// drops it when the runner dies, however it dies) and removes the file when the run
+/// ends. `cargo hangcheck stacks` signals the pid in the file only while the lock is
+/// held: a stale file whose pid the kernel has since given to another process must not
+/// make that process receive SIGUSR1 (whose default action is to terminate).
+pub struct RunnerMarker {
+    path: PathBuf,
+    _lock: Option<Flock<std::fs::File>>,
+}
 
 impl Drop for RunnerMarker {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
 /// Tells `cargo hangcheck stacks` where this run is.
 pub fn announce_runner(run_dir: &RunDir, package: &str) -> Option<RunnerMarker> {
     let body = serde_json::json!({ "pid": std::process::id(), "package": package }).to_string();
-    run_dir.write_durable("runner.json", body.as_bytes()).ok().map(RunnerMarker)
+    let path = run_dir.write_durable("runner.json", body.as_bytes()).ok()?;
+    let lock = std::fs::File::open(&path).ok().and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
+    if lock.is_none() {
+        terminal::warn("cannot lock runner.json; `cargo hangcheck stacks` will not find this run");
+    }
+    Some(RunnerMarker { path, _lock: lock })
+}
+
+/// Whether the runner that wrote `runner.json` still holds its lock, i.e. still runs.
+fn runner_holds(marker: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(marker) else { return false };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        // We got it: nobody holds it, the runner is gone (dropping it unlocks).
+        Ok(_) => false,
+        Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
+    }
 }
 
 static TAKEN: AtomicU64 = AtomicU64::new(0);
@@ -169,11 +192,15 @@ fn live_runs(runs: &Path) -> Vec<LiveRun> {
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| {
-            let text = std::fs::read_to_string(e.path().join("runner.json")).ok()?;
+            let marker = e.path().join("runner.json");
+            if !runner_holds(&marker) {
+                return None;
+            }
+            let text = std::fs::read_to_string(&marker).ok()?;
             let marker: serde_json::Value = serde_json::from_str(&text).ok()?;
             let pid = marker["pid"].as_u64()? as u32;
             let package = marker["package"].as_str().unwrap_or("?").to_owned();
-            Path::new(&format!("/proc/{pid}")).exists().then(|| LiveRun { dir: e.path(), pid, package })
+            Some(LiveRun { dir: e.path(), pid, package })
         })
         .collect()
 }

@@ -21,6 +21,9 @@ use crate::signal::Signals;
 /// How often bounded waits look at the child.
 const POLL: Duration = Duration::from_millis(5);
 
+/// The longest wait for a SIGKILLed process to be reaped.
+const REAP_LIMIT: Duration = Duration::from_secs(5);
+
 /// The grace period left to a child after Ctrl-C: short, so that the run ends within
 /// about a second, yet enough for a well-behaved process to exit on SIGTERM.
 pub const INTERRUPTED_GRACE: Duration = Duration::from_millis(500);
@@ -173,10 +176,20 @@ impl GroupChild {
         let _ = killpg(self.pgid, signal);
     }
 
+    /// SIGKILL to the group, then reaps the leader, waiting at most [`REAP_LIMIT`]: a
+    /// process stuck in the kernel (state D, a dead NFS mount) ignores even SIGKILL, and
+    /// the run must still end. Such a leader is left to the kernel (and to init).
     fn kill_and_reap(&mut self) {
         self.signal_group(Signal::SIGKILL);
+        let deadline = Instant::now() + REAP_LIMIT;
+        while self.try_wait().is_none() && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
         if self.status.is_none() {
-            self.status = self.child.wait().ok();
+            eprintln!(
+                "warning: pid {} did not exit within {REAP_LIMIT:?} of SIGKILL (stuck in the kernel?)",
+                self.pid()
+            );
         }
     }
 }

@@ -118,12 +118,40 @@ impl RunDir {
     }
 }
 
+/// How much of a log's end [`tail`] reads: a test that printed gigabytes costs the
+/// runner this much, not the whole file.
+const TAIL_BYTES: u64 = 64 * 1024;
+
+/// The longest line [`tail`] shows; the rest of it is cut with a mark.
+const TAIL_LINE: usize = 500;
+
 /// The last `n` lines of a log file, for error messages; empty if it cannot be read.
+/// Only the last 64 KiB are read, from the end.
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
-    let Ok(bytes) = fs::read(path) else { return Vec::new() };
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = File::open(path) else { return Vec::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(TAIL_BYTES);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return Vec::new();
+    }
+    let mut bytes = Vec::new();
+    if file.take(TAIL_BYTES).read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
     let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+    let mut lines: Vec<&str> = text.lines().collect();
+    if start > 0 && !lines.is_empty() {
+        // The first line read is probably cut at its start.
+        lines.remove(0);
+    }
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| match l.char_indices().nth(TAIL_LINE) {
+            Some((cut, _)) => format!("{} [line cut at {TAIL_LINE} characters]", &l[..cut]),
+            None => l.to_string(),
+        })
+        .collect()
 }
 
 /// A test id or name as a file name that CI artifact stores take: `::` becomes `.`, and
@@ -158,5 +186,20 @@ mod tests {
         run.append_line("s.jsonl", b"{}").unwrap();
         assert_eq!(fs::read_to_string(run.join("s.jsonl")).unwrap(), "{}\n{}\n");
         assert_eq!(tail(&run.join("s.jsonl"), 1), vec!["{}".to_string()]);
+    }
+
+    #[test]
+    fn tail_reads_only_the_end_of_a_big_log() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("big.log");
+        let mut text = "x".repeat(1000) + "\n";
+        text = text.repeat(1000);
+        text.push_str(&"y".repeat(2000));
+        text.push_str("\nlast line\n");
+        fs::write(&path, text).unwrap();
+        let lines = tail(&path, 2);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("yyy") && lines[0].ends_with("[line cut at 500 characters]"), "{lines:?}");
+        assert_eq!(lines[1], "last line");
     }
 }

@@ -95,7 +95,7 @@ impl Agent {
 
     fn snapshot(&self) -> Snapshot {
         let registry = &self.registry;
-        Snapshot {
+        let mut snapshot = Snapshot {
             epoch: registry.epoch(),
             uptime_ms: registry.uptime_ms(),
             groups: registry.group_stats(),
@@ -112,7 +112,10 @@ impl Agent {
             process: process_facts::read(),
             stalls: self.watchdog.count(),
             ops: registry.ops.stats(),
-        }
+            notes: Vec::new(),
+        };
+        snapshot.fold();
+        snapshot
     }
 
     /// Stalls seen since the last look, each with its stack taken now.

@@ -243,6 +243,94 @@ pub struct Snapshot {
     /// Operations by kind.
     #[serde(default)]
     pub ops: Vec<OpStats>,
+    /// What was folded to keep the snapshot within its caps (see [`Snapshot::fold`]).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// The most task groups, counters or gauges a snapshot carries one by one; the rest are
+/// folded into one entry named [`OTHER`]. A server with more names than this almost
+/// always builds them from data (a name per user or per key), which hangcheck is not for.
+pub const SNAPSHOT_CAP: usize = 1000;
+
+/// The name of the entry that holds what a snapshot's caps folded.
+pub const OTHER: &str = "(other)";
+
+impl Snapshot {
+    /// Keeps at most [`SNAPSHOT_CAP`] task groups (those with the most live tasks),
+    /// counters and gauges (those with the largest values); the rest are summed into one
+    /// [`OTHER`] entry each, and a note says how many were folded. Bounds the size of
+    /// every message, report and table built from a snapshot.
+    ///
+    /// ```
+    /// use hangcheck_runtime::protocol::{Snapshot, SNAPSHOT_CAP, OTHER};
+    /// let mut s = Snapshot::default();
+    /// s.counters = (0..SNAPSHOT_CAP as u64 + 10).map(|i| (format!("c{i}"), i)).collect();
+    /// s.fold();
+    /// assert_eq!(s.counters.len(), SNAPSHOT_CAP + 1);
+    /// assert_eq!(s.counters[OTHER], (0..10).sum::<u64>()); // the ten smallest
+    /// assert_eq!(s.notes.len(), 1);
+    /// ```
+    pub fn fold(&mut self) {
+        if self.groups.len() > SNAPSHOT_CAP {
+            let folded = self.groups.len() - SNAPSHOT_CAP;
+            self.groups.sort_by(|a, b| b.live.cmp(&a.live).then_with(|| a.key.cmp(&b.key)));
+            let rest: Vec<GroupStats> = self.groups.split_off(SNAPSHOT_CAP);
+            let mut other = GroupStats {
+                key: OTHER.to_owned(),
+                kind: GroupKind::Location,
+                location: None,
+                live: 0,
+                spawned: 0,
+                finished: 0,
+                polls: 0,
+                busy_ms: 0,
+                oldest_age_ms: None,
+                live_by_epoch: Vec::new(),
+            };
+            let mut by_epoch: BTreeMap<u64, u64> = BTreeMap::new();
+            for g in rest {
+                other.live += g.live;
+                other.spawned += g.spawned;
+                other.finished += g.finished;
+                other.polls += g.polls;
+                other.busy_ms += g.busy_ms;
+                other.oldest_age_ms = other.oldest_age_ms.max(g.oldest_age_ms);
+                for e in g.live_by_epoch {
+                    *by_epoch.entry(e.epoch).or_default() += e.count;
+                }
+            }
+            other.live_by_epoch = by_epoch.into_iter().map(|(epoch, count)| EpochCount { epoch, count }).collect();
+            self.groups.push(other);
+            self.groups.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
+            self.notes.push(format!(
+                "{folded} task groups past the cap of {SNAPSHOT_CAP} (those with the fewest live tasks) are folded into {OTHER}"
+            ));
+        }
+        if let Some(n) = fold_map(&mut self.counters, |a, b| a.saturating_add(b)) {
+            self.notes.push(format!("{n} counters past the cap of {SNAPSHOT_CAP} are summed into {OTHER}"));
+        }
+        if let Some(n) = fold_map(&mut self.gauges, |a, b| a.saturating_add(b)) {
+            self.notes.push(format!("{n} gauges past the cap of {SNAPSHOT_CAP} are summed into {OTHER}"));
+        }
+    }
+}
+
+/// Keeps the [`SNAPSHOT_CAP`] largest values of `map` and sums the rest into [`OTHER`];
+/// returns how many were folded, if any.
+fn fold_map<V: Copy + Ord + Default>(map: &mut BTreeMap<String, V>, add: impl Fn(V, V) -> V) -> Option<usize> {
+    if map.len() <= SNAPSHOT_CAP {
+        return None;
+    }
+    let mut entries: Vec<(String, V)> = std::mem::take(map).into_iter().collect();
+    entries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let rest = entries.split_off(SNAPSHOT_CAP);
+    let folded = rest.len();
+    let sum = rest.into_iter().fold(V::default(), |acc, (_, v)| add(acc, v));
+    *map = entries.into_iter().collect();
+    let other = map.entry(OTHER.to_owned()).or_default();
+    *other = add(*other, sum);
+    Some(folded)
 }
 
 /// The operations of one kind (`hangcheck_runtime::op(kind, key)`).
@@ -769,12 +857,19 @@ pub fn decode<T: for<'de> Deserialize<'de>>(line: &[u8], limit: usize) -> Result
     if line.len() > limit + 1 {
         return Err(ProtocolError::TooLarge { limit });
     }
-    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
-    let found = value.get("v").and_then(|v| v.as_u64()).unwrap_or(0);
+    // The version first, from a pass that keeps nothing else; then the message itself,
+    // straight into its type (never through a `serde_json::Value`, which would hold a
+    // second, several times larger, copy of a big message).
+    #[derive(Deserialize)]
+    struct Versioned {
+        v: Option<serde_json::Value>,
+    }
+    let versioned: Versioned = serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let found = versioned.v.as_ref().and_then(serde_json::Value::as_u64).unwrap_or(0);
     if found != u64::from(VERSION) {
         return Err(ProtocolError::Version { found });
     }
-    serde_json::from_value(value).map_err(|e| ProtocolError::Malformed(e.to_string()))
+    serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
 /// Reads one line of at most `limit` bytes into `buf` (cleared first) without ever

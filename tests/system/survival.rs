@@ -280,3 +280,26 @@ fn a_task_dump_past_its_budget_completes_in_the_background_and_the_next_one_runs
     assert!(!second.contains("still finishing"), "{second}");
     assert_no_process_with(&mark);
 }
+
+#[test]
+fn stacks_on_demand_never_signal_a_pid_whose_runner_is_gone() {
+    // A run directory left by a runner that died, whose pid now belongs to another
+    // process: here a `sleep`, which SIGUSR1 would terminate.
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = sleeper.id();
+    let runs = crate::util::target_dir().join("hangcheck").join("runs");
+    let stale = runs.join(format!("stale-{pid}"));
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("runner.json"), format!("{{\"pid\":{pid},\"package\":\"survivor\"}}")).unwrap();
+    let run = crate::util::run_runner(
+        &["hangcheck", "stacks", "--color", "never", "--pid", &pid.to_string()],
+        &crate::util::workspace_root(),
+    );
+    let alive = sleeper.try_wait().unwrap().is_none();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let _ = std::fs::remove_dir_all(&stale);
+    assert_eq!(run.code, 3, "{run}");
+    assert!(run.error_line().contains("no `cargo hangcheck` run is in progress"), "{run}");
+    assert!(alive, "the process that reused the pid was signalled");
+}
