@@ -160,7 +160,10 @@ pub fn summarize<'a>(traces: impl IntoIterator<Item = (u64, &'a str)>, root: &st
 /// accepts; `root` is cut from the front of file names.
 pub fn waiting_in(stacks: &Stacks, wanted: impl Fn(Option<&str>) -> bool, root: &str) -> Vec<Waiting> {
     let Some(dump) = &stacks.tasks else { return Vec::new() };
-    summarize(dump.tasks.iter().filter(|t| wanted(t.group.as_deref())).map(|t| (1, t.trace.as_str())), root)
+    // Agents group identical traces with a count; older ones send one entry per task.
+    let single = dump.tasks.iter().filter(|t| wanted(t.group.as_deref())).map(|t| (1, t.trace.as_str()));
+    let grouped = dump.groups.iter().filter(|g| wanted(g.group.as_deref())).map(|g| (g.count, g.trace.as_str()));
+    summarize(single.chain(grouped), root)
 }
 
 /// Threads blocked in the server's own code (in a syscall or a lock, not parked in the

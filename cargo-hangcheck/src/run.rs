@@ -310,7 +310,7 @@ impl Run<'_> {
             return;
         }
         let server = self.server_mut();
-        let Ok(stacks) = server.link.stacks(stacks::AGENT_TIMEOUT) else { return };
+        let Ok(stacks) = server.link.stacks() else { return };
         let _ = self.run_dir.write_durable("leaks.stacks.txt", stacks.render().as_bytes());
         for leak in leaks.iter_mut().filter(|l| matches!(l.kind, MeasureKind::Named | MeasureKind::Location)) {
             leak.waiting = crate::culprit::waiting_in(&stacks, |g| g == Some(leak.group.as_str()), &self.root);

@@ -303,3 +303,28 @@ fn stacks_on_demand_never_signal_a_pid_whose_runner_is_gone() {
     assert!(run.error_line().contains("no `cargo hangcheck` run is in progress"), "{run}");
     assert!(alive, "the process that reused the pid was signalled");
 }
+
+#[test]
+fn ctrl_c_during_the_shutdown_grace_takes_the_evidence_and_exits_130() {
+    let mark = marker("ctrl-c-grace");
+    // A grace longer than the runner's cap in `wait`: only a Ctrl-C that shortens it
+    // lets the run end in time.
+    let args = test_args(&["-p", "shutdown-hang", "--server-env", &mark, "--shutdown-grace", "900s"]);
+    let mut runner = spawn_runner_env(&args, &[]);
+    let pid = runner.child.id();
+    let mut run_dir = None;
+    runner.wait_while_running("the server to get SIGTERM", || {
+        run_dir = run_dir.take().or_else(|| crate::util::run_dir_of(pid));
+        run_dir.as_ref().is_some_and(|d| {
+            std::fs::read_to_string(d.join("server.log")).is_ok_and(|log| log.contains("SIGTERM: stopping"))
+        })
+    });
+    kill("-INT", pid);
+    let run = runner.wait();
+    assert_eq!(run.code, 130, "{run}");
+    let report = run.report();
+    assert_eq!(report["shutdown"]["outcome"], "hung", "{run}");
+    let evidence = report["shutdown"]["evidence"].as_array().unwrap();
+    assert!(evidence.iter().any(|e| e.as_str().unwrap().ends_with("shutdown.stacks.txt")), "{run}");
+    assert_no_process_with(&mark);
+}
