@@ -136,6 +136,9 @@ pub struct ServerArgs {
     /// Count polls and busy time per task group (costs a lookup per poll) [config: poll-stats].
     #[arg(long, help_heading = "Server")]
     pub poll_stats: bool,
+    /// Events the server's flight recorder keeps for the evidence; 0 turns it off [config: recorder-events; default: 4096].
+    #[arg(long, value_name = "N", help_heading = "Server")]
+    pub recorder_events: Option<usize>,
 }
 
 /// `cargo hangcheck test`.

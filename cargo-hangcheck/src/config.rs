@@ -28,6 +28,7 @@ struct FileConfig {
     stall_threshold: Option<String>,
     stacks_budget: Option<String>,
     poll_stats: Option<bool>,
+    recorder_events: Option<usize>,
     fail_fast: Option<bool>,
     leaks: Option<LeaksTable>,
 }
@@ -90,6 +91,8 @@ pub struct Config {
     pub stacks_budget: StacksBudget,
     /// Count polls and busy time per task group.
     pub poll_stats: bool,
+    /// The server's flight recorder size, in events; zero turns it off.
+    pub recorder_events: usize,
     /// Stop at the first failed or hung test.
     pub fail_fast: bool,
     /// What counts as a leak (`[leaks]`).
@@ -233,6 +236,10 @@ impl Config {
                 ..StacksBudget::DEFAULT
             },
             poll_stats: server_args.poll_stats || file.poll_stats.unwrap_or(false),
+            recorder_events: server_args
+                .recorder_events
+                .or(file.recorder_events)
+                .unwrap_or(hangcheck_runtime::protocol::RECORDER_DEFAULT_EVENTS),
             fail_fast: args.fail_fast || file.fail_fast.unwrap_or(false),
             leaks: LeakPolicy { allow_growth: args.allow_growth.or(leaks.allow_growth).unwrap_or(0), ignore },
         })
@@ -332,6 +339,7 @@ fn merge(ws: FileConfig, pkg: FileConfig) -> FileConfig {
         stall_threshold: pkg.stall_threshold.or(ws.stall_threshold),
         stacks_budget: pkg.stacks_budget.or(ws.stacks_budget),
         poll_stats: pkg.poll_stats.or(ws.poll_stats),
+        recorder_events: pkg.recorder_events.or(ws.recorder_events),
         fail_fast: pkg.fail_fast.or(ws.fail_fast),
         leaks,
     }

@@ -14,8 +14,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use hangcheck_runtime::protocol::{
-    self, AgentMessage, Announcement, Hello, ProtocolError, RunnerMessage, Snapshot, Stacks, StacksBudget, Stall,
-    MAX_AGENT_MESSAGE,
+    self, AgentMessage, Announcement, Hello, ProtocolError, Recorded, RunnerMessage, Snapshot, Stacks, StacksBudget,
+    Stall, MAX_AGENT_MESSAGE,
 };
 
 /// Something the agent said (or that happened to the connection) outside an answer.
@@ -281,6 +281,14 @@ impl AgentLink {
         }
     }
 
+    /// Asks for the flight recorder's events.
+    pub fn recorded(&mut self, timeout: Duration) -> Result<Recorded, LinkError> {
+        match self.request(|id| RunnerMessage::Recorded { id }, timeout)? {
+            AgentMessage::Recorded { recorded, .. } => Ok(recorded),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Starts a new epoch in the server.
     pub fn set_epoch(&mut self, epoch: u64, timeout: Duration) -> Result<(), LinkError> {
         match self.request(|id| RunnerMessage::Epoch { id, epoch }, timeout)? {
@@ -309,7 +317,10 @@ impl Drop for AgentLink {
 
 fn answer_id(msg: &AgentMessage) -> Option<u64> {
     match msg {
-        AgentMessage::Snapshot { id, .. } | AgentMessage::Stacks { id, .. } | AgentMessage::Ack { id } => Some(*id),
+        AgentMessage::Snapshot { id, .. }
+        | AgentMessage::Stacks { id, .. }
+        | AgentMessage::Recorded { id, .. }
+        | AgentMessage::Ack { id } => Some(*id),
         AgentMessage::Error { id, .. } => *id,
         _ => None,
     }

@@ -27,6 +27,7 @@ mod live;
 mod measures;
 mod ondemand;
 mod process;
+mod recorded;
 mod report;
 mod run;
 mod rundir;

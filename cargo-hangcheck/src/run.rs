@@ -196,6 +196,7 @@ impl Run<'_> {
             before: last_asked.clone(),
             last_asked,
             root: &self.root,
+            epoch,
             found: Found::default(),
         };
         let run = if case.in_process {
@@ -224,6 +225,7 @@ impl Run<'_> {
             settle: Duration::ZERO,
             waiting: hang_found.waiting,
             blocked_threads: hang_found.blocked_threads,
+            last_events: hang_found.last_events,
         };
         let outcome = self.after_test(&mut record);
         self.take_events(Some(&id));
@@ -392,6 +394,8 @@ struct ServerProbe<'a> {
     before: Snapshot,
     /// The workspace root, cut from file names.
     root: &'a str,
+    /// The running test's epoch: the tasks born in it are its own.
+    epoch: u64,
     /// Where the hung test's tasks wait, read off its evidence.
     found: Found,
 }
@@ -401,6 +405,7 @@ struct ServerProbe<'a> {
 struct Found {
     waiting: Vec<crate::culprit::Waiting>,
     blocked_threads: Vec<String>,
+    last_events: Vec<String>,
 }
 
 impl Probe for ServerProbe<'_> {
@@ -443,7 +448,11 @@ impl Probe for ServerProbe<'_> {
                     self.root,
                 ),
                 blocked_threads: crate::culprit::blocked_threads(stacks, self.root),
+                last_events: Vec::new(),
             };
+        }
+        if let Some(recorded) = &taken.recorded {
+            self.found.last_events = crate::recorded::last_words(recorded, self.epoch);
         }
         taken.evidence
     }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hangcheck_runtime::protocol::{Announcement, Hello, Stall, POLL_STATS_ENV, SOCKET_ENV, STALL_THRESHOLD_ENV};
+use hangcheck_runtime::protocol::{
+    Announcement, Hello, Stall, POLL_STATS_ENV, RECORDER_EVENTS_ENV, SOCKET_ENV, STALL_THRESHOLD_ENV,
+};
 
 use crate::build::Built;
 use crate::cli::Ready;
@@ -54,7 +56,8 @@ pub struct Events {
 }
 
 /// Writes each stall to `stalls/` durably, on the link's reader thread, the moment it
-/// arrives.
+/// arrives: `stall-N.txt`, and the flight recorder's events before it in
+/// `stall-N.events.jsonl`.
 fn stall_writer(run_dir: RunDir) -> impl FnMut(&Stall) -> Option<PathBuf> + Send + 'static {
     let n = AtomicU64::new(0);
     move |stall| {
@@ -72,6 +75,10 @@ fn stall_writer(run_dir: RunDir) -> impl FnMut(&Stall) -> Option<PathBuf> + Send
             ));
         }
         text.push_str(&stall.stack.render());
+        if let Some(recorded) = stall.recorded.as_ref().filter(|r| r.capacity > 0) {
+            text.push_str(&format!("\nthe flight recorder's events before it: stall-{n}.events.jsonl\n"));
+            let _ = run_dir.write_durable(format!("stalls/stall-{n}.events.jsonl"), &crate::recorded::jsonl(recorded));
+        }
         run_dir.write_durable(format!("stalls/stall-{n}.txt"), text.as_bytes()).ok()
     }
 }
@@ -98,6 +105,7 @@ impl Server {
             .env(crate::leftovers::STARTED_BY_ENV, crate::leftovers::SERVER)
             .env(STALL_THRESHOLD_ENV, config.stall_threshold.as_millis().to_string())
             .env(POLL_STATS_ENV, if config.poll_stats { "1" } else { "0" })
+            .env(RECORDER_EVENTS_ENV, config.recorder_events.to_string())
             .current_dir(&config.package_dir)
             .stdin(Stdio::null())
             .stdout(log_file)

@@ -9,7 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hangcheck_runtime::protocol::{Snapshot, StackSource, Stacks};
+use hangcheck_runtime::protocol::{Recorded, Snapshot, StackSource, Stacks};
 
 use crate::link::AgentLink;
 use crate::process::{GroupChild, Wait};
@@ -100,23 +100,33 @@ pub struct Taken {
     pub snapshot: Option<Snapshot>,
     /// The agent's stacks, if it answered.
     pub stacks: Option<Stacks>,
+    /// The flight recorder's events, if the agent answered and records.
+    pub recorded: Option<Recorded>,
 }
 
 /// What the runner writes about a hung server before anything is signalled: its stacks
-/// (agent, or gdb from outside) and a snapshot (which groups are alive, and how old), as
-/// `<prefix>.stacks.txt` and `<prefix>.snapshot.json`, each fsynced.
+/// (agent, or gdb from outside), a snapshot (which groups are alive, and how old) and the
+/// flight recorder's events (what happened before), as `<prefix>.stacks.txt`,
+/// `<prefix>.snapshot.json` and `<prefix>.events.jsonl`, each fsynced. An agent that does
+/// not record (turned off, or older than the recorder) leaves the events file out.
 pub fn evidence(link: &mut AgentLink, pid: u32, run_dir: &RunDir, prefix: &str) -> Taken {
     let fetched = fetch(link, pid, run_dir);
-    let snapshot = if fetched.source == StackSource::Agent { link.snapshot(SNAPSHOT_TIMEOUT).ok() } else { None };
+    let agent = fetched.source == StackSource::Agent;
+    let snapshot = if agent { link.snapshot(SNAPSHOT_TIMEOUT).ok() } else { None };
+    let recorded = if agent { link.recorded(SNAPSHOT_TIMEOUT).ok().filter(|r| r.capacity > 0) } else { None };
     let snapshot_body = match &snapshot {
         Some(s) => serde_json::to_vec_pretty(s).unwrap_or_default(),
         None => br#"{"error": "no snapshot: the agent did not answer"}"#.to_vec(),
     };
-    let evidence = run_dir.write_all_evidence(&[
+    let mut files = vec![
         (format!("{prefix}.stacks.txt"), fetched.text.into_bytes()),
         (format!("{prefix}.snapshot.json"), snapshot_body),
-    ]);
-    Taken { evidence, source: fetched.source, snapshot, stacks: fetched.stacks }
+    ];
+    if let Some(r) = &recorded {
+        files.push((format!("{prefix}.events.jsonl"), crate::recorded::jsonl(r)));
+    }
+    let evidence = run_dir.write_all_evidence(&files);
+    Taken { evidence, source: fetched.source, snapshot, stacks: fetched.stacks, recorded }
 }
 
 /// The kernel's state letter for a process (`T` when stopped), `?` if it is gone.

@@ -48,6 +48,7 @@ pub(crate) fn get() -> Option<&'static Agent> {
 
 fn start() -> Option<&'static Agent> {
     let path = std::env::var_os(SOCKET_ENV)?;
+    crate::recorder::start(crate::recorder::capacity_from_env());
     let (tx, rx) = mpsc::channel();
     // Leaked on purpose: the agent lives as long as the process, and a 'static reference
     // keeps every hot-path access free of reference counting.
@@ -124,7 +125,14 @@ impl Agent {
         let describe = crate::hooks::describe_task;
         #[cfg(not(tokio_unstable))]
         let describe = |_: u64| None;
-        self.watchdog.check(self.registry.epoch(), describe)
+        let mut stalls = self.watchdog.check(self.registry.epoch(), describe);
+        // Each stall goes into the recorder, and the recorder's events up to it go with it.
+        for stall in &mut stalls {
+            let task = stall.task.as_ref().map_or(0, |t| t.id);
+            crate::recorder::record(crate::protocol::RecordedKind::Stall, 0, task, u64::from(stall.tid));
+            stall.recorded = Some(crate::recorder::read()).filter(|r| r.capacity > 0);
+        }
+        stalls
     }
 
     fn answer(&self, request: RunnerMessage) -> AgentMessage {
@@ -134,6 +142,7 @@ impl Agent {
                 self.registry.set_epoch(epoch);
                 AgentMessage::Ack { id }
             }
+            RunnerMessage::Recorded { id } => AgentMessage::Recorded { id, recorded: crate::recorder::read() },
             RunnerMessage::Stacks { id, budget } => {
                 // Thread stacks first: they come back even from a frozen runtime.
                 let mut stacks = stacks::all();
@@ -172,6 +181,9 @@ fn fit(stacks: &mut Stacks) {
 
 fn capabilities() -> Vec<String> {
     let mut caps = vec!["snapshot".to_owned(), "epoch".to_owned(), "stacks".to_owned(), "stall-watchdog".to_owned()];
+    if crate::recorder::capacity() > 0 {
+        caps.push("recorder".to_owned());
+    }
     if cfg!(tokio_unstable) {
         caps.extend(["tokio-unstable", "task-hooks", "poll-hooks"].map(str::to_owned));
     }

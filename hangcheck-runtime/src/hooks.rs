@@ -37,12 +37,13 @@ pub(crate) fn install(builder: &mut Builder, agent: &'static Agent) {
 mod unstable {
     use std::cell::Cell;
     use std::collections::HashMap;
-    use std::hash::{Hash, Hasher};
     use std::sync::{Arc, Mutex, PoisonError};
 
     use tokio::runtime::{Builder, TaskMeta};
 
     use crate::agent::Agent;
+    use crate::protocol::RecordedKind;
+    use crate::recorder;
     use crate::registry::{Group, IntHash, TaskGuard};
     use crate::watchdog;
 
@@ -90,31 +91,7 @@ mod unstable {
         }
     }
 
-    /// tokio's task ids are opaque (`Display`, `Hash`); hashing one writes its u64, so a
-    /// hasher that keeps what it is given reads it without allocating.
-    #[derive(Default)]
-    struct IdReader(u64);
-
-    impl Hasher for IdReader {
-        fn finish(&self) -> u64 {
-            self.0
-        }
-        fn write(&mut self, bytes: &[u8]) {
-            for b in bytes {
-                self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-            }
-        }
-        fn write_u64(&mut self, n: u64) {
-            self.0 = n;
-        }
-    }
-
-    /// A task id as the number tokio prints.
-    pub(crate) fn task_id(id: &tokio::task::Id) -> u64 {
-        let mut reader = IdReader::default();
-        id.hash(&mut reader);
-        reader.finish()
-    }
+    pub(crate) use crate::recorder::task_id;
 
     fn id_of(meta: &TaskMeta<'_>) -> u64 {
         task_id(&meta.id())
@@ -137,6 +114,8 @@ mod unstable {
                     Some(group) => Tracked::Named(group),
                     None => Tracked::Location(agent.registry.born_into(agent.registry.site_group(meta.spawned_at()))),
                 };
+                let name = tracked.group().recorder_name();
+                recorder::record(RecordedKind::TaskSpawn, name, id, agent.registry.epoch());
                 shard(id).get_or_insert_with(|| HashMap::with_hasher(IntHash)).insert(id, tracked);
             })
             .on_task_terminate(|meta| {
@@ -144,6 +123,9 @@ mod unstable {
                 // Blocking tasks end here without a spawn hook; they are simply absent.
                 // The record is dropped outside the shard's lock.
                 let removed = shard(id).as_mut().and_then(|m| m.remove(&id));
+                if let Some(tracked) = &removed {
+                    recorder::record(RecordedKind::TaskEnd, tracked.group().recorder_name(), id, 0);
+                }
                 drop(removed);
             })
             .on_before_task_poll(|meta| watchdog::busy(id_of(meta)));

@@ -44,6 +44,8 @@ mod ops;
 #[cfg(feature = "agent")]
 mod process_facts;
 #[cfg(feature = "agent")]
+mod recorder;
+#[cfg(feature = "agent")]
 mod registry;
 #[cfg(feature = "agent")]
 mod stacks;
@@ -65,7 +67,9 @@ mod api {
     use tokio::task::JoinHandle;
 
     use crate::agent;
-    use crate::protocol::{AgentMessage, Announcement};
+    use crate::protocol::{AgentMessage, Announcement, RecordedKind};
+    use crate::recorder;
+    use crate::registry::Metric;
 
     /// `#[tokio::main]` with the runtime passed through [`instrument`]. Takes the same
     /// arguments: `flavor = "multi_thread" | "current_thread"` and `worker_threads = N`.
@@ -264,7 +268,7 @@ mod api {
 
     /// A handle to a counter; see [`counter`]. A no-op when hangcheck is inert.
     #[derive(Clone, Debug)]
-    pub struct Counter(Option<Arc<AtomicU64>>);
+    pub struct Counter(Option<Arc<Metric<AtomicU64>>>);
 
     impl Counter {
         /// Adds `n`.
@@ -274,14 +278,15 @@ mod api {
         /// ```
         pub fn increment(&self, n: u64) {
             if let Some(c) = &self.0 {
-                c.fetch_add(n, Ordering::Relaxed);
+                let total = c.value.fetch_add(n, Ordering::Relaxed).wrapping_add(n);
+                recorder::record(RecordedKind::Counter, c.name, 0, total);
             }
         }
     }
 
     /// A handle to a gauge; see [`gauge`]. A no-op when hangcheck is inert.
     #[derive(Clone, Debug)]
-    pub struct Gauge(Option<Arc<AtomicI64>>);
+    pub struct Gauge(Option<Arc<Metric<AtomicI64>>>);
 
     impl Gauge {
         /// Sets the value.
@@ -291,7 +296,8 @@ mod api {
         /// ```
         pub fn set(&self, value: i64) {
             if let Some(g) = &self.0 {
-                g.store(value, Ordering::Relaxed);
+                g.value.store(value, Ordering::Relaxed);
+                recorder::record(RecordedKind::Gauge, g.name, 0, value as u64);
             }
         }
 
@@ -302,7 +308,8 @@ mod api {
         /// ```
         pub fn increment(&self, n: i64) {
             if let Some(g) = &self.0 {
-                g.fetch_add(n, Ordering::Relaxed);
+                let value = g.value.fetch_add(n, Ordering::Relaxed).wrapping_add(n);
+                recorder::record(RecordedKind::Gauge, g.name, 0, value as u64);
             }
         }
 
@@ -313,7 +320,8 @@ mod api {
         /// ```
         pub fn decrement(&self, n: i64) {
             if let Some(g) = &self.0 {
-                g.fetch_sub(n, Ordering::Relaxed);
+                let value = g.value.fetch_sub(n, Ordering::Relaxed).wrapping_sub(n);
+                recorder::record(RecordedKind::Gauge, g.name, 0, value as u64);
             }
         }
     }

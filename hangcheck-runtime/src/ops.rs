@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::protocol::{EpochCount, OpStats, Overlap};
+use crate::protocol::{EpochCount, OpStats, Overlap, RecordedKind};
+use crate::recorder::{self, NameKind};
 
 /// How many distinct overlapping keys a kind remembers.
 const MAX_OVERLAPS: usize = 64;
@@ -36,6 +37,8 @@ struct Record {
 /// The operations of one kind.
 pub(crate) struct OpKind {
     name: String,
+    /// The kind's name's number in the flight recorder.
+    recorder_name: u32,
     started: AtomicU64,
     finished: AtomicU64,
     slow_finished: AtomicU64,
@@ -86,6 +89,7 @@ impl Ops {
         Arc::clone(kinds.entry(name.to_owned()).or_insert_with(|| {
             Arc::new(OpKind {
                 name: name.to_owned(),
+                recorder_name: recorder::intern(NameKind::Op, name, None),
                 started: AtomicU64::new(0),
                 finished: AtomicU64::new(0),
                 slow_finished: AtomicU64::new(0),
@@ -98,6 +102,7 @@ impl Ops {
     pub(crate) fn start(&self, kind: &str, key: String, epoch: u64) -> OpGuard {
         let kind = self.kind(kind);
         kind.started.fetch_add(1, Ordering::Relaxed);
+        recorder::record(RecordedKind::OpStart, kind.recorder_name, recorder::current_task(), recorder::key_hash(&key));
         let mut state = lock(&kind.state);
         let in_flight = state.per_key.entry(key.clone()).or_default();
         *in_flight += 1;
@@ -178,6 +183,8 @@ impl Drop for OpGuard {
             }
         }
         drop(state);
+        let key = recorder::key_hash(&r.key);
+        recorder::record(RecordedKind::OpEnd, self.kind.recorder_name, recorder::current_task(), key);
         self.kind.finished.fetch_add(1, Ordering::Relaxed);
         if r.budget.is_some_and(|b| r.born.elapsed() > b) {
             self.kind.slow_finished.fetch_add(1, Ordering::Relaxed);

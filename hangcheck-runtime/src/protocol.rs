@@ -20,6 +20,7 @@
 //! | `snapshot` | `id`            | [`AgentMessage::Snapshot`] with that `id` |
 //! | `epoch`    | `id`, `epoch`   | [`AgentMessage::Ack`]: tasks born from now on belong to `epoch` |
 //! | `stacks`   | `id`            | [`AgentMessage::Stacks`]: every thread's stack |
+//! | `recorded` | `id`            | [`AgentMessage::Recorded`]: the flight recorder's events |
 //!
 //! # Messages, agent to runner ([`AgentMessage`])
 //!
@@ -29,6 +30,7 @@
 //! | `announce` | whenever the server calls `announce(name, addr)` after hello   |
 //! | `snapshot` | the answer to a `snapshot` request                             |
 //! | `stacks`   | the answer to a `stacks` request                               |
+//! | `recorded` | the answer to a `recorded` request                            |
 //! | `stall`    | at once, when a worker is stuck in one poll past the threshold |
 //! | `ack`      | the answer to a request that returns nothing                   |
 //! | `error`    | a request the agent could not parse or answer; `id` if known   |
@@ -111,6 +113,12 @@ pub enum RunnerMessage {
         #[serde(default)]
         budget: Option<StacksBudget>,
     },
+    /// Ask for the flight recorder's events. An agent older than this request answers
+    /// with [`AgentMessage::Error`].
+    Recorded {
+        /// Echoed in the answer.
+        id: u64,
+    },
 }
 
 /// A message from the agent to the runner: an answer (carrying the request's `id`) or an
@@ -136,6 +144,13 @@ pub enum AgentMessage {
         id: u64,
         /// Every thread's stack.
         stacks: Stacks,
+    },
+    /// The answer to [`RunnerMessage::Recorded`].
+    Recorded {
+        /// The request's id.
+        id: u64,
+        /// The events in the ring, oldest first.
+        recorded: Recorded,
     },
     /// A worker has been stuck inside one poll for longer than the stall threshold; sent
     /// the moment it is seen, with the stack taken while it was still stuck.
@@ -714,6 +729,10 @@ pub struct Stall {
     pub task: Option<StalledTask>,
     /// The worker's stack, taken while it was stuck.
     pub stack: ThreadStack,
+    /// The flight recorder's events up to the moment it was caught (absent from an
+    /// agent that does not record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<Recorded>,
 }
 
 /// The task a stalled worker was polling.
@@ -725,6 +744,86 @@ pub struct StalledTask {
     pub group: Option<String>,
     /// Where it was spawned, when known.
     pub location: Option<String>,
+}
+
+/// The environment variable that sets the flight recorder's size in events (`0` turns it
+/// off); `recorder-events` in the runner's config.
+pub const RECORDER_EVENTS_ENV: &str = "HANGCHECK_RECORDER_EVENTS";
+
+/// The flight recorder's size when nobody says: 4096 events of 40 bytes (160 KiB), a few
+/// seconds of a busy server's spawns and operations; docs/performance.md measures its
+/// cost.
+pub const RECORDER_DEFAULT_EVENTS: usize = 4096;
+
+/// The flight recorder's ring, read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recorded {
+    /// Slots in the ring (0: the recorder is off).
+    pub capacity: u64,
+    /// Events recorded since the server started; those beyond `capacity` were overwritten.
+    pub recorded: u64,
+    /// The recorder's clock when the ring was read, in microseconds since it started.
+    pub now_us: u64,
+    /// What is left in the ring, oldest first.
+    pub events: Vec<RecordedEvent>,
+}
+
+/// What a recorded event is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordedKind {
+    /// A task was spawned.
+    #[default]
+    TaskSpawn,
+    /// A task ended (completed, cancelled or panicked).
+    TaskEnd,
+    /// An operation started (`hangcheck_runtime::op`).
+    OpStart,
+    /// An operation ended.
+    OpEnd,
+    /// A worker was caught stuck in one poll.
+    Stall,
+    /// A counter changed; `value` is its new total.
+    Counter,
+    /// A gauge changed; `value` is its new value.
+    Gauge,
+}
+
+/// One event of the flight recorder: metadata only, never a payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    /// When, in microseconds since the recorder started (a coarse monotonic clock: its
+    /// resolution is the kernel tick).
+    pub at_us: u64,
+    /// What happened.
+    pub event: RecordedKind,
+    /// The task: spawned or ended, that ran the operation, or that was being polled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<u64>,
+    /// The task's group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Where the group's tasks are spawned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// The epoch a spawned task was born in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// The operation kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<String>,
+    /// The operation's key, hashed (`#` and 16 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The counter or gauge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its value after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<i64>,
+    /// The stalled worker's thread id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
 }
 
 /// The environment variable that carries the runner's trial socket to a hangcheck

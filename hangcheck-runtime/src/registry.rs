@@ -17,6 +17,7 @@ use slab::Slab;
 
 use crate::clock;
 use crate::protocol::{Announcement, EpochCount, GroupKind, GroupStats};
+use crate::recorder::{self, NameKind};
 
 thread_local! {
     /// The groups this thread spawned into lately, by call site (see `named_group`).
@@ -35,10 +36,17 @@ pub(crate) struct Registry {
     /// spawn, and the key is formatted once per call site, not once per spawn.
     #[cfg_attr(not(tokio_unstable), allow(dead_code))]
     by_site: RwLock<HashMap<usize, Arc<Group>, IntHash>>,
-    counters: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
-    gauges: RwLock<BTreeMap<String, Arc<AtomicI64>>>,
+    counters: RwLock<BTreeMap<String, Arc<Metric<AtomicU64>>>>,
+    gauges: RwLock<BTreeMap<String, Arc<Metric<AtomicI64>>>>,
     announced: Mutex<Vec<Announcement>>,
     pub(crate) ops: crate::ops::Ops,
+}
+
+/// A counter's or gauge's value and its name's number in the flight recorder.
+#[derive(Debug)]
+pub(crate) struct Metric<A> {
+    pub(crate) value: A,
+    pub(crate) name: u32,
 }
 
 /// A live task's record.
@@ -58,6 +66,8 @@ pub(crate) struct Group {
     polls: AtomicU64,
     busy_ns: AtomicU64,
     live: Mutex<Slab<Birth>>,
+    /// Its name's number in the flight recorder.
+    recorder_name: u32,
 }
 
 /// Held by a live task; dropping it (completion, cancellation, panic) ends the task's
@@ -183,12 +193,12 @@ impl Registry {
         TaskGuard { group, slot }
     }
 
-    pub(crate) fn counter(&self, name: &str) -> Arc<AtomicU64> {
-        get_or_insert(&self.counters, name)
+    pub(crate) fn counter(&self, name: &str) -> Arc<Metric<AtomicU64>> {
+        get_or_insert(&self.counters, name, NameKind::Counter)
     }
 
-    pub(crate) fn gauge(&self, name: &str) -> Arc<AtomicI64> {
-        get_or_insert(&self.gauges, name)
+    pub(crate) fn gauge(&self, name: &str) -> Arc<Metric<AtomicI64>> {
+        get_or_insert(&self.gauges, name, NameKind::Gauge)
     }
 
     /// Stores an announcement, replacing an earlier one of the same name.
@@ -225,6 +235,7 @@ impl Registry {
 
 impl Group {
     fn new(key: &str, kind: GroupKind, location: Option<String>) -> Group {
+        let recorder_name = recorder::intern(NameKind::Group, key, location.as_deref());
         Group {
             key: key.to_owned(),
             kind,
@@ -234,7 +245,14 @@ impl Group {
             polls: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             live: Mutex::new(Slab::new()),
+            recorder_name,
         }
+    }
+
+    /// Its name's number in the flight recorder.
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    pub(crate) fn recorder_name(&self) -> u32 {
+        self.recorder_name
     }
 
     /// Counts one poll of one of the group's tasks that ran for `busy_ns`.
@@ -330,20 +348,27 @@ fn short_path(file: &str) -> &str {
     file.find(REGISTRY).and_then(|i| file[i + REGISTRY.len()..].split_once('/').map(|(_, rest)| rest)).unwrap_or(file)
 }
 
-fn get_or_insert<A: Default>(map: &RwLock<BTreeMap<String, Arc<A>>>, name: &str) -> Arc<A> {
+fn get_or_insert<A: Default>(
+    map: &RwLock<BTreeMap<String, Arc<Metric<A>>>>,
+    name: &str,
+    kind: NameKind,
+) -> Arc<Metric<A>> {
     if let Some(a) = map.read().unwrap_or_else(PoisonError::into_inner).get(name) {
         return Arc::clone(a);
     }
     let mut map = map.write().unwrap_or_else(PoisonError::into_inner);
-    Arc::clone(map.entry(name.to_owned()).or_default())
+    Arc::clone(
+        map.entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Metric { value: A::default(), name: recorder::intern(kind, name, None) })),
+    )
 }
 
 /// Reads every atomic of a name map.
-fn read_all<A, V>(map: &RwLock<BTreeMap<String, Arc<A>>>) -> BTreeMap<String, V>
+fn read_all<A, V>(map: &RwLock<BTreeMap<String, Arc<Metric<A>>>>) -> BTreeMap<String, V>
 where
     A: AtomicRead<V>,
 {
-    map.read().unwrap_or_else(PoisonError::into_inner).iter().map(|(k, v)| (k.clone(), v.read())).collect()
+    map.read().unwrap_or_else(PoisonError::into_inner).iter().map(|(k, v)| (k.clone(), v.value.read())).collect()
 }
 
 trait AtomicRead<V> {

@@ -175,6 +175,7 @@ impl Watchdog {
                 epoch,
                 task,
                 stack,
+                recorded: None,
             });
         }
         stalls

@@ -16,8 +16,9 @@
 use std::io::{BufReader, Cursor};
 
 use hangcheck_runtime::protocol::{
-    decode, encode, read_message, AgentMessage, Announcement, Frame, Hello, RunnerMessage, Snapshot, StackSource,
-    Stacks, StacksBudget, Stall, ThreadStack, MAX_AGENT_MESSAGE, MAX_RUNNER_MESSAGE,
+    decode, encode, read_message, AgentMessage, Announcement, Frame, Hello, Recorded, RecordedEvent, RecordedKind,
+    RunnerMessage, Snapshot, StackSource, Stacks, StacksBudget, Stall, ThreadStack, MAX_AGENT_MESSAGE,
+    MAX_RUNNER_MESSAGE,
 };
 use proptest::prelude::*;
 use serde::{de::DeserializeOwned, Serialize};
@@ -37,6 +38,27 @@ fn thread() -> ThreadStack {
     }
 }
 
+fn recorded() -> Recorded {
+    let spawn = RecordedEvent {
+        at_us: 4000,
+        event: RecordedKind::TaskSpawn,
+        task: Some(5),
+        group: Some("conn".into()),
+        location: Some("src/main.rs:33".into()),
+        epoch: Some(2),
+        ..RecordedEvent::default()
+    };
+    let op = RecordedEvent {
+        at_us: 4100,
+        event: RecordedKind::OpStart,
+        task: Some(5),
+        op: Some("stream".into()),
+        key: Some("#0123456789abcdef".into()),
+        ..RecordedEvent::default()
+    };
+    Recorded { capacity: 4096, recorded: 2, now_us: 5000, events: vec![spawn, op] }
+}
+
 fn agent_seeds() -> Vec<Vec<u8>> {
     let hello = Hello {
         pid: 42,
@@ -54,6 +76,7 @@ fn agent_seeds() -> Vec<Vec<u8>> {
         epoch: 2,
         task: None,
         stack: thread(),
+        recorded: Some(recorded()),
     };
     [
         AgentMessage::Hello(hello),
@@ -61,6 +84,7 @@ fn agent_seeds() -> Vec<Vec<u8>> {
         AgentMessage::Snapshot { id: 1, snapshot: Snapshot::default() },
         AgentMessage::Stacks { id: 2, stacks },
         AgentMessage::Stall(stall),
+        AgentMessage::Recorded { id: 4, recorded: recorded() },
         AgentMessage::Ack { id: 3 },
         AgentMessage::Error { id: None, message: "no".into() },
     ]
@@ -75,6 +99,7 @@ fn runner_seeds() -> Vec<Vec<u8>> {
         RunnerMessage::Epoch { id: 2, epoch: 9 },
         RunnerMessage::Stacks { id: 3, budget: Some(StacksBudget::DEFAULT) },
         RunnerMessage::Stacks { id: 4, budget: None },
+        RunnerMessage::Recorded { id: 5 },
     ]
     .iter()
     .map(encode)

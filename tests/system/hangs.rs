@@ -44,6 +44,11 @@ fn a_blocked_worker_is_caught_with_the_handler_that_blocked_it() {
         .unwrap_or_else(|| panic!("no stall slice on the worker's track"));
     assert_eq!(slice["args"]["blocked_in"], stall["blocked_in"]);
     assert_eq!(slice["dur"].as_u64(), stall["stuck_ms"].as_u64().map(|ms| ms * 1000));
+    // The flight recorder's events up to the stall, next to its stack: the stall is the last.
+    let events = Path::new(stall["file"].as_str().unwrap()).with_extension("events.jsonl");
+    let (_, events) = crate::flight_recorder::events_file(&events);
+    let caught = events.iter().rev().find(|e| e["event"] == "stall").expect("the stall in the recorder");
+    assert_eq!((&caught["tid"], &caught["task"]), (&stall["tid"], &stall["task"]["id"]));
     assert_no_process_with(&mark);
 }
 
@@ -103,6 +108,12 @@ fn a_shutdown_hang_names_what_is_still_alive_and_leaves_no_server() {
     for file in shutdown["evidence"].as_array().unwrap() {
         assert!(!read(Path::new(file.as_str().unwrap())).is_empty());
     }
+    // The recorder's events: the flusher was spawned and never ended.
+    let events = run.run_dir().join("shutdown.events.jsonl");
+    let (_, events) = crate::flight_recorder::events_file(&events);
+    let flusher = events.iter().find(|e| e["event"] == "task-spawn" && e["group"] == "metrics-flusher");
+    let task = &flusher.unwrap_or_else(|| panic!("no flusher spawn in {events:#?}"))["task"];
+    assert!(!events.iter().any(|e| e["event"] == "task-end" && e["task"] == *task), "the flusher never ended");
     assert!(run.stderr.contains("shutdown hang"), "{run}");
     assert_no_process_with(&mark);
 }

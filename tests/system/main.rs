@@ -5,6 +5,7 @@
 mod agent;
 mod bad_input;
 mod every_task;
+mod flight_recorder;
 mod hangs;
 mod harness;
 mod leaks;

@@ -153,6 +153,7 @@ mod tests {
             settle: Duration::ZERO,
             waiting: vec![],
             blocked_threads: vec![],
+            last_events: vec![],
         }
     }
 

@@ -202,6 +202,13 @@ fn findings(h: &mut String, report: &Report) {
         for thread in &t.blocked_threads {
             let _ = write!(h, "<p class=\"mono\">thread blocked: {}</p>", esc(thread));
         }
+        if !t.last_events.is_empty() {
+            h.push_str("<p>what its tasks did last (flight recorder):</p><ul class=\"last\">");
+            for line in &t.last_events {
+                let _ = write!(h, "<li class=\"mono\">{}</li>", esc(line));
+            }
+            h.push_str("</ul>");
+        }
         files(h, dir, "evidence", &t.evidence);
         files(h, dir, "log", std::slice::from_ref(&t.log));
         h.push_str("</div>\n");

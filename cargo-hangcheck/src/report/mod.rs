@@ -115,6 +115,8 @@ pub struct TestRecord {
     pub waiting: Vec<crate::culprit::Waiting>,
     /// When it hung: threads blocked in the server's own code.
     pub blocked_threads: Vec<String>,
+    /// When it hung: what its live tasks did last, from the flight recorder.
+    pub last_events: Vec<String>,
 }
 
 /// How the run ended overall; decides the exit code.
@@ -252,6 +254,9 @@ pub struct TestEntry {
     /// When it hung: threads blocked in the server's own code (a syscall, a lock).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub blocked_threads: Vec<String>,
+    /// When it hung: what its live tasks did last, from the flight recorder's events.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub last_events: Vec<String>,
 }
 
 /// Operations of one kind that outlived their budget.
@@ -458,6 +463,7 @@ impl TestEntry {
             ops_in_flight_after: r.lingering.clone(),
             waiting: r.waiting.clone(),
             blocked_threads: r.blocked_threads.clone(),
+            last_events: r.last_events.clone(),
             live: r.snapshot.iter().flat_map(|s| s.groups.iter().map(|g| (g.key.clone(), g.live))).collect(),
         }
     }

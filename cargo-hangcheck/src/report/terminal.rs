@@ -227,6 +227,9 @@ fn test_line(out: &mut dyn Write, record: &TestRecord, previous: Option<&Snapsho
             for t in &record.blocked_threads {
                 say!(out, "{:>12}   {MAGENTA}thread {t}{MAGENTA:#}", "");
             }
+            for line in &record.last_events {
+                say!(out, "{:>12}   {line}", "");
+            }
             for line in crate::rundir::tail(&record.run.log, 10) {
                 say!(out, "{:>12}   {DIM}|{DIM:#} {line}", "");
             }

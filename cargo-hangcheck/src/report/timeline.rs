@@ -358,6 +358,7 @@ pub(crate) mod tests {
             settle: Duration::from_millis(10),
             waiting: vec![],
             blocked_threads: vec![],
+            last_events: vec![],
         }
     }
 
