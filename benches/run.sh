@@ -2,7 +2,7 @@
 # Reproduces the figures of docs/performance.md.
 #
 #   benches/run.sh            every benchmark
-#   benches/run.sh spawn      one of: spawn load snapshot stacks stall runner
+#   benches/run.sh spawn      one of: spawn load snapshot stacks stall runner recorder
 #
 # Builds the bench binary three ways, each in its own target directory (different
 # RUSTFLAGS would otherwise rebuild each other): stable; --cfg tokio_unstable (what
@@ -140,6 +140,39 @@ spawn_instructions() {
         variant instructions_per_task instructions_per_task_ratio
 }
 
+# The flight recorder's cost: the hooked spawn variants (where the recorder takes a spawn
+# and an end per task) at the default ring size and with the recorder off, interleaved,
+# then their instructions per task.
+run_recorder() {
+    label_as() { sed "s/\"bench\":\"spawn\"/\"bench\":\"recorder\"/; s/\"variant\":\"[^\"]*\"/\"variant\":\"$1\"/"; }
+    for _ in $(seq "$ROUNDS"); do
+        "$STABLE" spawn plain | label_as plain >>"$OUT"
+        "$UNSTABLE" spawn hooks | label_as "hooks, recorder 4096" >>"$OUT"
+        HANGCHECK_RECORDER_EVENTS=0 "$UNSTABLE" spawn hooks | label_as "hooks, recorder off" >>"$OUT"
+        "$UNSTABLE" spawn named | label_as "named+hooks, recorder 4096" >>"$OUT"
+        HANGCHECK_RECORDER_EVENTS=0 "$UNSTABLE" spawn named | label_as "named+hooks, recorder off" >>"$OUT"
+    done
+    aggregate recorder ns_per_task
+    ratio recorder ns_per_task plain
+    table "Flight recorder: spawn cost with it on (4096 events) and off (medians over $ROUNDS interleaved rounds)" recorder \
+        variant rounds ns_per_task ns_per_task_spread ns_per_task_ratio
+    if ! command -v valgrind >/dev/null; then
+        echo "(valgrind is not installed: no instruction counts; apt-get install valgrind)"
+        return
+    fi
+    local collected n0 n1 events variant
+    collected() { valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" 2>&1 >/dev/null | sed -n 's/.*Collected : //p'; }
+    for variant in hooks named; do
+        for events in 4096 0; do
+            n0=$(HANGCHECK_RECORDER_EVENTS=$events collected "$UNSTABLE" spawn "$variant" --tasks 0)
+            n1=$(HANGCHECK_RECORDER_EVENTS=$events collected "$UNSTABLE" spawn "$variant" --tasks 100000)
+            echo "{\"bench\":\"recorder-instructions\",\"variant\":\"$variant, recorder $events\",\"instructions_per_task\":$(((n1 - n0) / 300000))}" >>"$OUT"
+        done
+    done
+    table "Flight recorder in instructions per task (callgrind, 3 x 100,000 tasks minus none)" recorder-instructions \
+        variant instructions_per_task
+}
+
 run_load() {
     for _ in $(seq "$ROUNDS"); do
         "$STABLE" load plain --runs 3 >>"$OUT"
@@ -251,16 +284,22 @@ PY
 machine
 case "$which" in
 runner) run_runner ;;
+recorder)
+    echo "building the bench binary (stable, tokio_unstable)..." >&2
+    build stable "" --release
+    build unstable "--cfg tokio_unstable" --release
+    run_recorder
+    ;;
 spawn | load | snapshot | stacks | stall)
     build_all
     "run_$which"
     ;;
 all)
     build_all
-    for b in spawn load snapshot stacks stall runner; do "run_$b"; done
+    for b in spawn load snapshot stacks stall runner recorder; do "run_$b"; done
     ;;
 *)
-    echo "usage: benches/run.sh [spawn|load|snapshot|stacks|stall|runner|all]" >&2
+    echo "usage: benches/run.sh [spawn|load|snapshot|stacks|stall|runner|recorder|all]" >&2
     exit 2
     ;;
 esac
