@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use hangcheck_runtime::protocol::{EpochCount, GroupKind, Snapshot};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::measures::{self, ProcessKind};
 
@@ -35,7 +35,7 @@ impl LeakPolicy {
 }
 
 /// What a verdict is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MeasureKind {
     /// Tasks spawned with `hangcheck_runtime::spawn(name, ...)`.
@@ -131,7 +131,7 @@ impl Epochs<'_> {
 }
 
 /// Something that grew over the run beyond what the policy allows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Leak {
     /// The group's name or location, `op:<kind>`, `fd:<kind>` or `threads`.
     pub group: String,
@@ -154,12 +154,12 @@ pub struct Leak {
     /// in each test; for fds and threads, each test's rise in the settled value.
     pub leaked_by: Vec<LeakedBy>,
     /// For a task group, where its survivors wait (from their async stacks), most first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting: Vec<crate::culprit::Waiting>,
 }
 
 /// How much one test contributed to a leak.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LeakedBy {
     /// The test id, or `(start-up)` / `(after the suite)`.
     pub test: String,
@@ -240,7 +240,7 @@ fn rises(m: &Measure<'_>, baseline: u64, history: &[Option<&Snapshot>], epochs: 
 }
 
 /// Operations of one key that were in flight together, and the tests that started them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConcurrentOps {
     /// The operation kind.
     pub kind: String,
@@ -268,7 +268,7 @@ pub fn concurrent_ops(last: &Snapshot, epochs: &Epochs<'_>) -> Vec<ConcurrentOps
 }
 
 /// Operations a test began that were still in flight once it had ended and settled.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Lingering {
     /// The operation kind.
     pub kind: String,

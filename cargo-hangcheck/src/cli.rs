@@ -41,6 +41,20 @@ pub enum Command {
     Stacks(LocateArgs),
     /// Print a snapshot, with deltas since the last one, from the run in progress.
     Snapshot(LocateArgs),
+    /// Join the reports of a partitioned suite's shards into one report.json and
+    /// junit.xml; exits with the code one run of the whole suite would have had.
+    Merge(MergeArgs),
+}
+
+/// `cargo hangcheck merge`.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The shards' report.json files.
+    #[arg(value_name = "REPORT", required = true)]
+    pub reports: Vec<PathBuf>,
+    /// Where to write the merged report.json and junit.xml.
+    #[arg(long, value_name = "DIRECTORY", default_value = "hangcheck-merged")]
+    pub out: PathBuf,
 }
 
 /// Where to look for a run in progress.
@@ -173,6 +187,11 @@ pub struct TestArgs {
     /// manner of libtest's JSON; the human output then goes to stderr).
     #[arg(long, value_enum, value_name = "FMT", default_value_t = MessageFormat::Human, help_heading = "Display Options")]
     pub message_format: MessageFormat,
+
+    /// Run only shard M of N of the selected tests: `count:M/N` (round-robin per test
+    /// target) or `hash:M/N` (by the test's name), as in nextest.
+    #[arg(long, value_name = "SCHEME:M/N", value_parser = crate::partition::parse, help_heading = "Target Selection")]
+    pub partition: Option<crate::partition::Partition>,
 
     /// Run only tests whose name contains one of these.
     #[arg(value_name = "TESTNAME")]

@@ -77,6 +77,8 @@ pub struct Config {
     pub test_targets: Vec<String>,
     /// Test-name filters (substring match); empty runs all.
     pub filters: Vec<String>,
+    /// The shard of the selected tests this run takes.
+    pub partition: Option<crate::partition::Partition>,
     /// Per-test timeout.
     pub test_timeout: Duration,
     /// Time for the server to say hello.
@@ -205,6 +207,7 @@ impl Config {
             ready: server_args.ready.or(server.ready).unwrap_or(Ready::Announce),
             test_targets,
             filters: args.filters.clone(),
+            partition: args.partition,
             test_timeout: duration(args.test_timeout, file.test_timeout, "test-timeout", Duration::from_secs(60))?,
             startup_timeout: duration(
                 server_args.startup_timeout,

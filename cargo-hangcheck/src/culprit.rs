@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use hangcheck_runtime::protocol::{Frame, Stacks};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Function-name prefixes that are never the server's own code.
 const NOT_OURS: [&str; 10] = [
@@ -44,7 +44,7 @@ pub fn in_frames(frames: &[Frame]) -> Option<String> {
 }
 
 /// Where some tasks wait: the same innermost own frame and the same leaf, with a count.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiting {
     /// How many tasks wait there.
     pub count: u64,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::rundir::{Evidence, RunDir};
 
@@ -32,7 +32,7 @@ pub const SERVER: &str = "server";
 const GRACE: Duration = Duration::from_secs(1);
 
 /// A process of the run that was still alive when it should not have been.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Leftover {
     /// Its pid.
     pub pid: u32,
@@ -43,7 +43,7 @@ pub struct Leftover {
     /// When it was found: after which test, or `the end of the run`.
     pub found_after: String,
     /// `terminated` (it exited after SIGTERM) or `killed` (SIGKILL).
-    pub ended: &'static str,
+    pub ended: std::borrow::Cow<'static, str>,
 }
 
 /// Makes the runner the reaper of every orphaned descendant. If the kernel refuses, the
@@ -128,7 +128,7 @@ pub fn end(found: Vec<(u32, String, String)>, found_after: &str, run_dir: &RunDi
             command,
             started_by,
             found_after: found_after.to_owned(),
-            ended: ended.get(&pid).copied().unwrap_or("killed"),
+            ended: ended.get(&pid).copied().unwrap_or("killed").into(),
         })
         .collect()
 }

@@ -6,7 +6,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How much of a log's end is searched for the panic.
 const SEARCHED: u64 = 64 * 1024;
@@ -14,7 +14,7 @@ const SEARCHED: u64 = 64 * 1024;
 const MESSAGE_LINES: usize = 12;
 
 /// Why a test failed, as its panic said.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Panic {
     /// The message: the assertion and its `left`/`right` lines, or the panic's text.
     pub message: String,

@@ -10,6 +10,7 @@
 //! reporter that folds them. [`stacks`] fetches the server's stacks (agent, or gdb from outside),
 //! [`ondemand`] serves stacks and snapshots to a second terminal while a run is in
 //! progress, and [`live`] is `cargo hangcheck run`, the server driven by hand.
+//! [`partition`] picks a CI shard's tests and [`merge`] joins the shards' reports.
 
 mod analysis;
 mod build;
@@ -25,7 +26,9 @@ mod libtest;
 mod link;
 mod live;
 mod measures;
+mod merge;
 mod ondemand;
+mod partition;
 mod process;
 mod recorded;
 mod report;
@@ -62,6 +65,7 @@ fn main() {
         Command::Run(server) => live::run(server),
         Command::Stacks(locate) => ondemand::command(locate, ondemand::Request::Stacks),
         Command::Snapshot(locate) => ondemand::command(locate, ondemand::Request::Snapshot),
+        Command::Merge(merge) => merge::command(merge),
     }))
     .unwrap_or(exit::INTERNAL);
     std::process::exit(code);

@@ -60,6 +60,11 @@ impl RunDir {
         Ok(RunDir { path })
     }
 
+    /// An existing directory, to write into (`cargo hangcheck merge`'s output).
+    pub fn at(path: &Path) -> RunDir {
+        RunDir { path: path.to_owned() }
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path

@@ -104,12 +104,18 @@ pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals)
         }
         let listing = std::fs::read_to_string(&out_path).map_err(SetupError::io("cannot read a test listing"))?;
         let in_process = listing.lines().next().is_some_and(|l| l.split(' ').next() == Some(HARNESS_MARKER));
-        for line in listing.lines() {
-            let Some(name) = line.strip_suffix(": test") else { continue };
-            if config.filters.is_empty() || config.filters.iter().any(|f| name.contains(f.as_str())) {
-                cases.push(TestCase { target: target.clone(), name: name.to_owned(), exe: exe.clone(), in_process });
-            }
-        }
+        let selected = listing
+            .lines()
+            .filter_map(|line| line.strip_suffix(": test"))
+            .filter(|name| config.filters.is_empty() || config.filters.iter().any(|f| name.contains(f.as_str())))
+            .map(|name| TestCase { target: target.clone(), name: name.to_owned(), exe: exe.clone(), in_process });
+        // The shard is dealt per test target, after the filters, as nextest does.
+        cases.extend(
+            selected
+                .enumerate()
+                .filter(|(i, case)| config.partition.is_none_or(|p| p.takes(*i, &case.id())))
+                .map(|(_, c)| c),
+        );
     }
     Ok(cases)
 }

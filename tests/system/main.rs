@@ -4,6 +4,7 @@
 
 mod agent;
 mod bad_input;
+mod ci;
 mod every_task;
 mod flight_recorder;
 mod hangs;

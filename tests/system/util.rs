@@ -122,13 +122,22 @@ pub fn spawn_runner_env(args: &[&str], env: &[(&str, &str)]) -> Background {
 }
 
 fn spawn_runner_with(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Background {
+    let dir = target_dir();
+    spawn_binary(&[args, &["--target-dir", dir.to_str().unwrap()]].concat(), cwd, env)
+}
+
+/// Runs `cargo-hangcheck ARGS` in `cwd` to the end, with nothing added: for the verbs
+/// that read reports rather than build (`merge`, `diff`).
+pub fn run_plain(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Run {
+    spawn_binary(args, cwd, env).wait()
+}
+
+fn spawn_binary(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Background {
     let dir = tempfile::tempdir().unwrap();
     let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let child = Command::new(env!("CARGO_BIN_EXE_cargo-hangcheck"))
         .args(args)
         .envs(env.iter().copied())
-        .arg("--target-dir")
-        .arg(target_dir())
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout).unwrap())

@@ -105,7 +105,7 @@ impl Aggregator {
         };
         Report {
             format_version: super::FORMAT_VERSION,
-            hangcheck_version: env!("CARGO_PKG_VERSION"),
+            hangcheck_version: env!("CARGO_PKG_VERSION").into(),
             package: self.package,
             verdict,
             exit_code: verdict.exit_code(),
@@ -124,6 +124,7 @@ impl Aggregator {
             shutdown: self.shutdown,
             protocol_errors: self.protocol_errors,
             leftover_processes: self.leftovers,
+            merged_from: Vec::new(),
         }
     }
 }
@@ -194,6 +195,9 @@ mod tests {
         let shutdown = Event::Shutdown { shutdown: &clean, grace: Duration::from_secs(1) };
         let hang = fold(&[Event::TestFinished { record: &fail }, Event::TestFinished { record: &hung }, shutdown]);
         assert_eq!((hang.verdict, hang.exit_code), (Verdict::Hang, crate::exit::HANG));
+        // `merge` and `--baseline` read report.json back.
+        let back: Report = serde_json::from_value(serde_json::to_value(&hang).unwrap()).unwrap();
+        assert_eq!((back.verdict, back.tests.len()), (Verdict::Hang, 2));
     }
 
     #[test]

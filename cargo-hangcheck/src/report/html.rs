@@ -106,7 +106,7 @@ pub fn render(timeline: &Timeline, report: &Report) -> String {
         h,
         "<p class=\"dim\">The same run in Perfetto: open <code>trace.json</code> at ui.perfetto.dev (it reads the \
          file in the browser and uploads nothing) or in chrome://tracing. hangcheck {}.</p>\n</body></html>\n",
-        esc(report.hangcheck_version)
+        esc(&report.hangcheck_version)
     );
     h
 }

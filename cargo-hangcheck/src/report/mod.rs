@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use hangcheck_runtime::protocol::{Frame, Snapshot, StackSource, StalledTask};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::analysis::{ConcurrentOps, Leak, Lingering};
 use crate::event::Event;
@@ -120,7 +120,7 @@ pub struct TestRecord {
 }
 
 /// How the run ended overall; decides the exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
     /// Everything passed, nothing leaked or hung.
@@ -153,12 +153,12 @@ impl Verdict {
 }
 
 /// `report.json`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     /// [`FORMAT_VERSION`].
     pub format_version: u32,
     /// The runner's version.
-    pub hangcheck_version: &'static str,
+    pub hangcheck_version: std::borrow::Cow<'static, str>,
     /// The package under test.
     pub package: String,
     /// The overall verdict.
@@ -197,10 +197,13 @@ pub struct Report {
     /// Processes of the run still alive after their test or after the server, each
     /// reported and then ended.
     pub leftover_processes: Vec<crate::leftovers::Leftover>,
+    /// For a report written by `cargo hangcheck merge`: the shards' reports it joins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<PathBuf>,
 }
 
 /// The server's part of the report.
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default)]
 pub struct ServerEntry {
     /// The bin target.
     pub bin: String,
@@ -217,7 +220,7 @@ pub struct ServerEntry {
 }
 
 /// One test in the report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct TestEntry {
     /// `target::name`.
     pub id: String,
@@ -238,7 +241,7 @@ pub struct TestEntry {
     /// Its output.
     pub log: PathBuf,
     /// For a failed test, the panic that failed it: message and location.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub panic: Option<crate::libtest::Panic>,
     /// Files written about the server when it hung.
     pub evidence: Vec<PathBuf>,
@@ -249,10 +252,10 @@ pub struct TestEntry {
     /// Operations it began still in flight after it ended and settled.
     pub ops_in_flight_after: Vec<Lingering>,
     /// When it hung: where the tasks it started wait, grouped, most first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting: Vec<crate::culprit::Waiting>,
     /// When it hung: threads blocked in the server's own code (a syscall, a lock).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocked_threads: Vec<String>,
     /// When it hung: what its live tasks did last, from the flight recorder's events.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -260,7 +263,7 @@ pub struct TestEntry {
 }
 
 /// Operations of one kind that outlived their budget.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Deserialize, Clone)]
 pub struct SlowOps {
     /// The kind.
     pub kind: String,
@@ -287,7 +290,7 @@ pub fn slow_ops(last: &Snapshot) -> Vec<SlowOps> {
 }
 
 /// A counter over the run: the data to compare, e.g. disconnects against deletes.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Deserialize, Clone)]
 pub struct CounterEntry {
     /// The counter.
     pub name: String,
@@ -323,7 +326,7 @@ pub fn counters(baseline: &Snapshot, tests: &[Option<Snapshot>]) -> Vec<CounterE
 }
 
 /// How a test ended, as the report names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TestOutcome {
     /// Exit code 0.
@@ -363,7 +366,7 @@ impl TestOutcome {
 }
 
 /// How the server's shutdown went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum ShutdownOutcome {
     /// It exited within the grace period after SIGTERM.
@@ -387,7 +390,7 @@ impl ShutdownOutcome {
 }
 
 /// How the server stopped.
-#[derive(Debug, Serialize, Clone, Default)]
+#[derive(Debug, Serialize, Deserialize, Clone, Default)]
 pub struct ShutdownEntry {
     /// `clean`, `hung` (SIGKILLed after the grace period), or `not-reached`.
     pub outcome: ShutdownOutcome,
@@ -400,7 +403,7 @@ pub struct ShutdownEntry {
 }
 
 /// A task group alive at a shutdown hang.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Deserialize, Clone)]
 pub struct Survivor {
     /// The group's key.
     pub group: String,
@@ -413,7 +416,7 @@ pub struct Survivor {
 }
 
 /// A worker caught stuck inside one poll.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Deserialize, Clone)]
 pub struct StallEntry {
     /// The test running when it was seen (`(start-up)` before the first).
     pub test: Option<String>,

@@ -149,6 +149,20 @@ impl Reporter for Displayer {
     }
 }
 
+/// What `cargo hangcheck merge` joined: the leaks and stalls of every shard, then the
+/// summary of the whole.
+pub fn show_merged(report: &Report) {
+    let mut out = anstream::stdout();
+    for path in &report.merged_from {
+        say!(out, "{DIM}Merged {}{DIM:#}", path.display());
+    }
+    if !report.leaks.is_empty() {
+        leaks(&mut out, &report.leaks, report.server.tokio_unstable);
+    }
+    stall_summary(&mut out, &report.stalls);
+    summary(&mut out, report);
+}
+
 const GREEN: Style = AnsiColor::Green.on_default().bold();
 const RED: Style = AnsiColor::Red.on_default().bold();
 const YELLOW: Style = AnsiColor::Yellow.on_default().bold();
