@@ -7,6 +7,8 @@
 //! [`json`] prints them one per line for tools (`--message-format json`).
 //! [`Reporters`] hands each event to all of them. The serialized form only grows
 //! compatibly within a `format_version`.
+//! `report.json` is also read back (`merge`, `--baseline`, `diff`): a field skipped
+//! when empty needs `#[serde(default)]` too (the round-trip test in [`aggregate`] says so).
 
 pub mod accumulation;
 pub mod aggregate;
@@ -258,7 +260,7 @@ pub struct TestEntry {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocked_threads: Vec<String>,
     /// When it hung: what its live tasks did last, from the flight recorder's events.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_events: Vec<String>,
 }
 
