@@ -156,6 +156,19 @@ pub struct Leak {
     /// For a task group, where its survivors wait (from their async stacks), most first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting: Vec<crate::culprit::Waiting>,
+    /// With `--baseline`: new, grown or known against the baseline report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standing: Option<crate::standing::Standing>,
+    /// With `--baseline`: the growth of the same group in the baseline report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_growth: Option<u64>,
+    /// Whether it fails the run; only `--fail-on` with a baseline lets a leak through.
+    #[serde(default = "yes")]
+    pub fails: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// How much one test contributed to a leak.
@@ -218,6 +231,9 @@ pub fn leaks(
             oldest_age_ms: m.oldest_age_ms,
             leaked_by,
             waiting: Vec::new(),
+            standing: None,
+            baseline_growth: None,
+            fails: true,
         });
     }
     leaks

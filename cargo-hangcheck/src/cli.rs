@@ -44,6 +44,20 @@ pub enum Command {
     /// Join the reports of a partitioned suite's shards into one report.json and
     /// junit.xml; exits with the code one run of the whole suite would have had.
     Merge(MergeArgs),
+    /// Print what changed between two reports: verdict, tests, leaks (new, grown, gone),
+    /// stalls, shutdown.
+    Diff(DiffArgs),
+}
+
+/// `cargo hangcheck diff`.
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The earlier report.json (say, the main branch's).
+    #[arg(value_name = "OLD")]
+    pub old: PathBuf,
+    /// The later one.
+    #[arg(value_name = "NEW")]
+    pub new: PathBuf,
 }
 
 /// `cargo hangcheck merge`.
@@ -182,6 +196,15 @@ pub struct TestArgs {
     /// repeat for more [config: leaks.ignore].
     #[arg(long, value_name = "PREFIX", help_heading = "Leak Policy")]
     pub ignore: Vec<String>,
+
+    /// A report.json to judge leaks against (e.g. the main branch's): each leak is then
+    /// new, grown or known, and `--fail-on` picks which fail the run.
+    #[arg(long, value_name = "PATH", help_heading = "Leak Policy")]
+    pub baseline: Option<PathBuf>,
+    /// Which leaks fail the run, against `--baseline`: `new`, `grown` (new and grown) or
+    /// `any` [default: grown].
+    #[arg(long, value_enum, value_name = "WHICH", requires = "baseline", help_heading = "Leak Policy")]
+    pub fail_on: Option<crate::standing::FailOn>,
 
     /// How to print the run: `human`, or `json` (one event per line on stdout, in the
     /// manner of libtest's JSON; the human output then goes to stderr).

@@ -77,6 +77,10 @@ pub struct Config {
     pub test_targets: Vec<String>,
     /// Test-name filters (substring match); empty runs all.
     pub filters: Vec<String>,
+    /// The leaks of `--baseline`, to judge this run's against.
+    pub baseline: Option<crate::standing::Baseline>,
+    /// Which of them fail the run.
+    pub fail_on: crate::standing::FailOn,
     /// The shard of the selected tests this run takes.
     pub partition: Option<crate::partition::Partition>,
     /// Per-test timeout.
@@ -208,6 +212,11 @@ impl Config {
             test_targets,
             filters: args.filters.clone(),
             partition: args.partition,
+            baseline: match &args.baseline {
+                Some(path) => Some(crate::standing::Baseline::load(path).map_err(SetupError::Config)?),
+                None => None,
+            },
+            fail_on: args.fail_on.unwrap_or_default(),
             test_timeout: duration(args.test_timeout, file.test_timeout, "test-timeout", Duration::from_secs(60))?,
             startup_timeout: duration(
                 server_args.startup_timeout,

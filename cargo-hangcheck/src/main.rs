@@ -10,13 +10,15 @@
 //! reporter that folds them. [`stacks`] fetches the server's stacks (agent, or gdb from outside),
 //! [`ondemand`] serves stacks and snapshots to a second terminal while a run is in
 //! progress, and [`live`] is `cargo hangcheck run`, the server driven by hand.
-//! [`partition`] picks a CI shard's tests and [`merge`] joins the shards' reports.
+//! [`partition`] picks a CI shard's tests and [`merge`] joins the shards' reports;
+//! [`standing`] judges leaks against a baseline report, and [`diff`] compares two.
 
 mod analysis;
 mod build;
 mod cli;
 mod config;
 mod culprit;
+mod diff;
 mod errors;
 mod event;
 mod exit;
@@ -38,6 +40,7 @@ mod server;
 mod settle;
 mod signal;
 mod stacks;
+mod standing;
 mod suite;
 
 use clap::Parser;
@@ -66,6 +69,7 @@ fn main() {
         Command::Stacks(locate) => ondemand::command(locate, ondemand::Request::Stacks),
         Command::Snapshot(locate) => ondemand::command(locate, ondemand::Request::Snapshot),
         Command::Merge(merge) => merge::command(merge),
+        Command::Diff(diff) => diff::command(diff),
     }))
     .unwrap_or(exit::INTERNAL);
     std::process::exit(code);

@@ -166,6 +166,9 @@ impl Run<'_> {
         let epochs = Epochs { names: &names };
         let mut leaks = analysis::leaks(&baseline, &last, &history, &epochs, &self.config.leaks);
         self.where_survivors_wait(&mut leaks);
+        if let Some(baseline) = &self.config.baseline {
+            baseline.judge(&mut leaks, self.config.fail_on);
+        }
         let concurrent = analysis::concurrent_ops(&last, &epochs);
         self.reporters.emit(Event::Verdicts { leaks: &leaks, concurrent: &concurrent });
         self.last = Some(last);

@@ -69,3 +69,59 @@ fn merge_of_a_file_that_is_not_a_report_is_a_setup_error() {
     assert_eq!(run.code, 3, "{run}");
     assert!(run.error_line().contains("is not a hangcheck report.json"), "{run}");
 }
+
+#[test]
+fn a_known_leak_passes_fail_on_new_and_a_new_leak_fails_it() {
+    let mark = marker("baseline");
+    let base = ["-p", "waiter-leak", "--settle", "3s", "--server-env", &mark];
+    let with = |extra: &[&str]| hangcheck_test(&[&base[..], extra].concat());
+    // main's report: the whole suite, the waiter group leaking +4.
+    let main = with(&[]);
+    assert_eq!(main.code, 5, "{main}");
+    let main_report = main.run_dir().join("report.json");
+    let main_report = main_report.to_str().unwrap();
+
+    // The same leak against it is known, and --fail-on new lets it through.
+    let same = with(&["--baseline", main_report, "--fail-on", "new"]);
+    assert_eq!(same.code, 0, "a known leak passes --fail-on new\n{same}");
+    assert!(same.stdout.contains("(known: +4 in the baseline), let through by --fail-on"), "{same}");
+    let leak = &same.report()["leaks"][0];
+    assert_eq!(
+        (leak["group"].as_str(), leak["standing"].as_str(), leak["fails"].as_bool()),
+        (Some("waiter"), Some("known"), Some(false)),
+        "{leak:#}"
+    );
+    let junit = crate::util::read(&same.run_dir().join("junit.xml"));
+    assert!(junit.contains("leak::waiter") && junit.contains("<skipped"), "{junit}");
+
+    // Against a baseline without the leak (only the tests that do not watch), it is new
+    // and fails --fail-on new.
+    let clean = with(&["get"]);
+    assert_eq!(clean.code, 0, "{clean}");
+    let clean_report = clean.run_dir().join("report.json");
+    let clean_report = clean_report.to_str().unwrap();
+    let new = with(&["--baseline", clean_report, "--fail-on", "new"]);
+    assert_eq!(new.code, 5, "a new leak fails --fail-on new\n{new}");
+    assert!(new.stdout.contains("LEAK task group `waiter`") && new.stdout.contains("(new)"), "{new}");
+    let leak = &new.report()["leaks"][0];
+    assert_eq!((leak["standing"].as_str(), leak["fails"].as_bool()), (Some("new"), Some(true)), "{leak:#}");
+
+    // diff says the same: the leak is new since the clean report, and unchanged since main's.
+    let diff = run_plain(&["hangcheck", "diff", "--color", "never", clean_report, main_report], &workspace_root(), &[]);
+    assert_eq!(diff.code, 0, "{diff}");
+    assert!(diff.stdout.contains("verdict: ok (exit 0) -> leaks (exit 5)"), "{diff}");
+    assert!(diff.stdout.contains("leak waiter: new, +4"), "{diff}");
+    assert!(diff.stdout.contains("test e2e::watch_and_leave: added (passed)"), "{diff}");
+    let same_report = same.run_dir().join("report.json");
+    let diff = run_plain(&["hangcheck", "diff", main_report, same_report.to_str().unwrap()], &workspace_root(), &[]);
+    assert!(diff.stdout.contains("verdict: leaks (exit 5) -> ok (exit 0)"), "{diff}");
+    assert!(!diff.stdout.contains("leak waiter"), "the leak itself did not change\n{diff}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn a_baseline_that_cannot_be_read_stops_the_run_before_it_builds() {
+    let run = hangcheck_test(&["-p", "waiter-leak", "--baseline", "/nonexistent/report.json"]);
+    assert_eq!(run.code, 3, "{run}");
+    assert!(run.error_line().contains("--baseline: cannot read /nonexistent/report.json"), "{run}");
+}

@@ -483,7 +483,7 @@ pub fn verdict(tests: &[TestEntry], leaks: &[Leak], concurrent: &[ConcurrentOps]
     if tests.iter().any(|t| t.outcome != TestOutcome::Passed) {
         return Verdict::TestsFailed;
     }
-    if !leaks.is_empty() || !concurrent.is_empty() {
+    if leaks.iter().any(|l| l.fails) || !concurrent.is_empty() {
         return Verdict::Leaks;
     }
     Verdict::Ok

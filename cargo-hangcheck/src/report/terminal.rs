@@ -413,7 +413,16 @@ fn leaks(out: &mut dyn Write, leaks: &[Leak], tokio_unstable: bool) {
             (MeasureKind::Fd, _) => format!("open file descriptors {BOLD}{}{BOLD:#}", leak.group),
             (MeasureKind::Threads, _) => format!("{BOLD}threads{BOLD:#}"),
         };
-        say!(out, "{RED}LEAK{RED:#} {what}");
+        let standing = match (leak.standing, leak.baseline_growth) {
+            (Some(s), Some(before)) => format!(" ({}: +{before} in the baseline)", s.name()),
+            (Some(s), None) => format!(" ({})", s.name()),
+            (None, _) => String::new(),
+        };
+        if leak.fails {
+            say!(out, "{RED}LEAK{RED:#} {what}{standing}");
+        } else {
+            say!(out, "{YELLOW}LEAK{YELLOW:#} {what}{standing}, let through by --fail-on");
+        }
         let age =
             leak.oldest_age_ms.map(|ms| format!(", oldest {}", seconds(Duration::from_millis(ms)))).unwrap_or_default();
         say!(
