@@ -130,8 +130,13 @@ fn merge(reports: Vec<Report>, out: PathBuf) -> Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
+
+    /// A report with nothing in it.
+    pub fn empty() -> Report {
+        report(Verdict::Ok, &[])
+    }
 
     fn report(verdict: Verdict, tests: &[&str]) -> Report {
         let json = serde_json::json!({

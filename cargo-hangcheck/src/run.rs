@@ -40,6 +40,9 @@ pub fn test(args: &TestArgs) -> i32 {
     if json {
         outputs.push(Box::new(JsonLines));
     }
+    if let Some(github) = crate::report::github::GithubActions::from_env(json) {
+        outputs.push(Box::new(github));
+    }
     let mut reporters = Reporters::new(outputs);
     let started = std::time::Instant::now();
     let (result, run_dir) = prepare_and_run(args, &mut reporters);

@@ -1,6 +1,8 @@
 //! A leak's standing against a baseline report (`--baseline PATH`, usually main's
-//! report.json): **new** (the baseline has no leak of that group), **grown** (it has one
-//! that grew less), or **known** (it grew at least as much there). `--fail-on` says which
+//! report.json): **new** (the baseline has no leak of that group), **grown** (it has one,
+//! but some test now leaks more of it than it did there, or the group grew more in all),
+//! or **known**. Comparing test by test is what makes a shard's leak comparable with a
+//! merged baseline's: each test is in one shard, whatever the split. `--fail-on` says which
 //! standings fail the run; the others are still reported, marked as let through.
 //!
 //! A leak is the same one when its kind and group (a name, a spawn location `file:line:col`,
@@ -63,7 +65,17 @@ impl FailOn {
 /// The leaks of the baseline report.
 #[derive(Debug, Clone)]
 pub struct Baseline {
-    leaks: Vec<(MeasureKind, String, u64)>,
+    leaks: Vec<Known>,
+}
+
+/// One leak of the baseline report.
+#[derive(Debug, Clone)]
+struct Known {
+    kind: MeasureKind,
+    group: String,
+    growth: u64,
+    /// Each test's part of it.
+    by: Vec<(String, u64)>,
 }
 
 impl Baseline {
@@ -75,19 +87,26 @@ impl Baseline {
 
     /// The leaks of `report`.
     pub fn of(report: &Report) -> Baseline {
-        Baseline { leaks: report.leaks.iter().map(|l| (l.kind, l.group.clone(), l.growth)).collect() }
+        let known = |l: &Leak| Known {
+            kind: l.kind,
+            group: l.group.clone(),
+            growth: l.growth,
+            by: l.leaked_by.iter().map(|b| (b.test.clone(), b.count)).collect(),
+        };
+        Baseline { leaks: report.leaks.iter().map(known).collect() }
     }
 
     /// How a leak stands, and the baseline's growth of the same group.
     pub fn standing(&self, leak: &Leak) -> (Standing, Option<u64>) {
         // A merged report can hold a group once per shard: their growths add up.
-        let before: Vec<u64> =
-            self.leaks.iter().filter(|(k, g, _)| *k == leak.kind && *g == leak.group).map(|l| l.2).collect();
+        let before: Vec<&Known> = self.leaks.iter().filter(|l| l.kind == leak.kind && l.group == leak.group).collect();
         if before.is_empty() {
             return (Standing::New, None);
         }
-        let total = before.iter().sum();
-        (if leak.growth > total { Standing::Grown } else { Standing::Known }, Some(total))
+        let total = before.iter().map(|l| l.growth).sum();
+        let by_test = |test: &str| before.iter().flat_map(|l| &l.by).filter(|b| b.0 == test).map(|b| b.1).sum::<u64>();
+        let grew = leak.growth > total || leak.leaked_by.iter().any(|b| b.count > by_test(&b.test));
+        (if grew { Standing::Grown } else { Standing::Known }, Some(total))
     }
 
     /// Marks each leak with its standing, and lets through those `fail_on` spares.
@@ -104,6 +123,10 @@ impl Baseline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn by(tests: &[(&str, u64)]) -> Vec<crate::analysis::LeakedBy> {
+        tests.iter().map(|&(t, n)| crate::analysis::LeakedBy { test: t.into(), epoch: 1, count: n }).collect()
+    }
 
     fn leak(group: &str, growth: u64) -> Leak {
         Leak {
@@ -125,7 +148,8 @@ mod tests {
 
     #[test]
     fn new_grown_and_known_and_what_each_fail_on_lets_through() {
-        let base = Baseline { leaks: vec![(MeasureKind::Named, "a".into(), 2), (MeasureKind::Named, "b".into(), 2)] };
+        let known = |group: &str| Known { kind: MeasureKind::Named, group: group.into(), growth: 2, by: vec![] };
+        let base = Baseline { leaks: vec![known("a"), known("b")] };
         let mut leaks = vec![leak("a", 2), leak("b", 3), leak("c", 1)];
         base.judge(&mut leaks, FailOn::New);
         let got: Vec<_> = leaks.iter().map(|l| (l.standing.unwrap(), l.baseline_growth, l.fails)).collect();
@@ -141,5 +165,18 @@ mod tests {
         let mut fd = vec![Leak { kind: MeasureKind::Fd, ..leak("a", 1) }];
         base.judge(&mut fd, FailOn::New);
         assert_eq!(fd[0].standing, Some(Standing::New));
+    }
+
+    #[test]
+    fn a_shards_leak_is_compared_test_by_test_with_a_merged_baseline() {
+        // main, merged: `g` leaked +2 by t1 in shard 1 and +2 by t2 in shard 2.
+        let shard = |tests: &[(&str, u64)]| Leak { leaked_by: by(tests), ..leak("g", tests.iter().map(|t| t.1).sum()) };
+        let main = Report { leaks: vec![shard(&[("t1", 2)]), shard(&[("t2", 2)])], ..crate::merge::tests::empty() };
+        let base = Baseline::of(&main);
+        // Shard 1 now: t1 leaks +4, under the merged total of 4 but more than t1 did.
+        assert_eq!(base.standing(&shard(&[("t1", 4)])), (Standing::Grown, Some(4)));
+        assert_eq!(base.standing(&shard(&[("t1", 2)])), (Standing::Known, Some(4)));
+        // A test that did not leak it before now does.
+        assert_eq!(base.standing(&shard(&[("t3", 1)])).0, Standing::Grown);
     }
 }

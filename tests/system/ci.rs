@@ -125,3 +125,63 @@ fn a_baseline_that_cannot_be_read_stops_the_run_before_it_builds() {
     assert_eq!(run.code, 3, "{run}");
     assert!(run.error_line().contains("--baseline: cannot read /nonexistent/report.json"), "{run}");
 }
+
+/// `cargo hangcheck test ARGS` as a GitHub Actions step: GITHUB_ACTIONS=true, the
+/// workspace as GITHUB_WORKSPACE, and a step summary file; returns the run and the summary.
+fn as_github_step(args: &[&str]) -> (crate::util::Run, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.md");
+    let root = workspace_root();
+    let env = [
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_WORKSPACE", root.to_str().unwrap()),
+        ("GITHUB_STEP_SUMMARY", summary.to_str().unwrap()),
+    ];
+    let run = crate::util::spawn_runner_env(&crate::util::test_args(args), &env).wait();
+    let summary = std::fs::read_to_string(&summary).unwrap_or_else(|e| panic!("no step summary ({e})\n{run}"));
+    (run, summary)
+}
+
+#[test]
+fn under_github_actions_a_hang_and_a_leak_are_annotated_where_they_wait_and_spawn() {
+    let mark = marker("github-hang");
+    let (run, summary) = as_github_step(&["-p", "never-answers", "--server-env", &mark]);
+    assert_eq!(run.code, 6, "{run}");
+    let annotations: Vec<&str> = run.stdout.lines().filter(|l| l.starts_with("::")).collect();
+    // The hung test, at the line where its task waits.
+    assert!(
+        annotations.iter().any(|a| a.starts_with("::error file=examples/never-answers/src/main.rs,line=")
+            && a.contains("title=hangcheck%3A e2e%3A%3Anext_on_a_quiet_topic hung::")
+            && a.contains("waiting in never_answers::next_message")),
+        "{run}"
+    );
+    // The leak its request task is, at the line that spawned it.
+    assert!(
+        annotations.iter().any(|a| a.starts_with("::error file=examples/never-answers/src/main.rs,line=")
+            && a.contains("title=hangcheck%3A leak of ")
+            && a.contains("leaked by e2e::next_on_a_quiet_topic")),
+        "{run}"
+    );
+    assert!(summary.contains("## hangcheck: never-answers (exit 6)"), "{summary}");
+    assert!(
+        summary.contains("- **hung** `e2e::next_on_a_quiet_topic`: 1 × waiting in never_answers::next_message"),
+        "{summary}"
+    );
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn under_github_actions_a_stall_is_annotated_at_the_frame_that_blocked() {
+    let mark = marker("github-stall");
+    let (run, summary) =
+        as_github_step(&["-p", "blocking-handler", "--stall-threshold", "250ms", "--server-env", &mark]);
+    assert_eq!(run.code, 6, "{run}");
+    assert!(
+        run.stdout.lines().any(|a| a.starts_with("::error file=examples/blocking-handler/src/main.rs,line=")
+            && a.contains("title=hangcheck%3A worker stalled during ")
+            && a.contains("blocking_handler::")),
+        "{run}"
+    );
+    assert!(summary.contains("- **stall** during "), "{summary}");
+    assert_no_process_with(&mark);
+}

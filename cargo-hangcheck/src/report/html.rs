@@ -112,7 +112,7 @@ pub fn render(timeline: &Timeline, report: &Report) -> String {
 }
 
 fn header(h: &mut String, report: &Report, verdict: &str) {
-    let count = |o: TestOutcome| report.tests.iter().filter(|t| t.outcome == o).count();
+    let tally = report.tally();
     let _ = write!(
         h,
         "<h1>hangcheck · {}</h1>\n<p><span class=\"verdict v-{verdict}\" id=\"verdict\">{}</span> exit code {} · \
@@ -121,9 +121,9 @@ fn header(h: &mut String, report: &Report, verdict: &str) {
         esc(&verdict.to_uppercase()),
         report.exit_code,
         report.tests.len(),
-        count(TestOutcome::Passed),
-        count(TestOutcome::Failed) + count(TestOutcome::SpawnFailed),
-        count(TestOutcome::Hung),
+        tally.passed,
+        tally.failed,
+        tally.hung,
         report.leaks.len(),
         report.stalls.len(),
         report.shutdown.outcome.name(),

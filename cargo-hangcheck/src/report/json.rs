@@ -106,12 +106,10 @@ impl Reporter for JsonLines {
     }
 
     fn finished(&mut self, report: &Report) {
-        let count = |o: TestOutcome| report.tests.iter().filter(|t| t.outcome == o).count();
+        let tally = report.tally();
         Self::emit(json!({
             "type": "run", "event": "finished", "verdict": report.verdict, "exit_code": report.exit_code,
-            "passed": count(TestOutcome::Passed),
-            "failed": count(TestOutcome::Failed) + count(TestOutcome::SpawnFailed),
-            "hung": count(TestOutcome::Hung), "leaks": report.leaks.len(), "stalls": report.stalls.len(),
+            "passed": tally.passed, "failed": tally.failed, "hung": tally.hung, "leaks": report.leaks.len(), "stalls": report.stalls.len(),
             "duration_ms": report.duration_ms,
             "report": (!report.run_dir.as_os_str().is_empty()).then(|| report.run_dir.join("report.json")),
         }));

@@ -4,7 +4,8 @@
 //! [`aggregate`] folds them into [`Report`], written as `report.json` (versioned;
 //! docs/report-format.md) and JUnit XML ([`junit`]); [`timeline`] folds them on a clock,
 //! drawn as `trace.json` ([`trace`]) and, with the report, `report.html` ([`html`]); [`terminal`] shows them to a person as they happen;
-//! [`json`] prints them one per line for tools (`--message-format json`).
+//! [`json`] prints them one per line for tools (`--message-format json`); [`github`]
+//! annotates them for GitHub Actions.
 //! [`Reporters`] hands each event to all of them. The serialized form only grows
 //! compatibly within a `format_version`.
 //! `report.json` is also read back (`merge`, `--baseline`, `diff`): a field skipped
@@ -13,6 +14,7 @@
 pub mod accumulation;
 pub mod aggregate;
 pub mod delta;
+pub mod github;
 pub mod html;
 pub mod json;
 pub mod junit;
@@ -202,6 +204,25 @@ pub struct Report {
     /// For a report written by `cargo hangcheck merge`: the shards' reports it joins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<PathBuf>,
+}
+
+/// How many tests passed, failed (or could not start) and hung.
+pub struct Tally {
+    pub passed: usize,
+    pub failed: usize,
+    pub hung: usize,
+}
+
+impl Report {
+    /// The tests counted by outcome, as every summary shows them.
+    pub fn tally(&self) -> Tally {
+        let count = |o: TestOutcome| self.tests.iter().filter(|t| t.outcome == o).count();
+        Tally {
+            passed: count(TestOutcome::Passed),
+            failed: count(TestOutcome::Failed) + count(TestOutcome::SpawnFailed),
+            hung: count(TestOutcome::Hung),
+        }
+    }
 }
 
 /// The server's part of the report.

@@ -490,12 +490,7 @@ fn counters(out: &mut dyn Write, entries: &[CounterEntry]) {
 
 /// The closing summary.
 fn summary(out: &mut dyn Write, report: &Report) {
-    let count = |o: TestOutcome| report.tests.iter().filter(|t| t.outcome == o).count();
-    let (passed, failed, hung) = (
-        count(TestOutcome::Passed),
-        count(TestOutcome::Failed) + count(TestOutcome::SpawnFailed),
-        count(TestOutcome::Hung),
-    );
+    let super::Tally { passed, failed, hung } = report.tally();
     let style = if report.exit_code == 0 { GREEN } else { RED };
     say!(out);
     say!(out,
