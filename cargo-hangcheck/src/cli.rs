@@ -184,6 +184,22 @@ pub struct TestArgs {
     /// Longest wait for counts to come back down after a test [config: settle; default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
     pub settle: Option<Duration>,
+    /// Run the selected tests N rounds against the same server (slow leaks accumulate);
+    /// a flake table says how each test went over them.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Rounds")]
+    pub repeat: Option<u32>,
+    /// Repeat rounds until this much time has passed (with --repeat, at most N rounds).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, help_heading = "Rounds")]
+    pub for_duration: Option<Duration>,
+    /// Stop at the first failed, hung or stalled round (repeats until then, within
+    /// --repeat or --for when given).
+    #[arg(long, help_heading = "Rounds")]
+    pub until_fail: bool,
+    /// Shuffle the tests' order in each round; the seed is printed and recorded, and
+    /// `--shuffle=SEED` replays the same orders.
+    #[arg(long, value_name = "SEED", num_args = 0..=1, require_equals = true, help_heading = "Rounds")]
+    pub shuffle: Option<Option<u64>>,
+
     /// Stop at the first failed or hung test [config: fail-fast].
     #[arg(long, help_heading = "Timeouts")]
     pub fail_fast: bool,

@@ -81,6 +81,8 @@ pub struct Config {
     pub baseline: Option<crate::standing::Baseline>,
     /// Which of them fail the run.
     pub fail_on: crate::standing::FailOn,
+    /// Rounds: `--repeat`, `--for`, `--until-fail`, `--shuffle`.
+    pub rounds: crate::rounds::Plan,
     /// The shard of the selected tests this run takes.
     pub partition: Option<crate::partition::Partition>,
     /// Per-test timeout.
@@ -212,6 +214,7 @@ impl Config {
             test_targets,
             filters: args.filters.clone(),
             partition: args.partition,
+            rounds: crate::rounds::Plan::of(args),
             baseline: match &args.baseline {
                 Some(path) => Some(crate::standing::Baseline::load(path).map_err(SetupError::Config)?),
                 None => None,

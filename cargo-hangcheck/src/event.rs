@@ -128,6 +128,13 @@ pub enum Event<'a> {
         /// The grace it had between SIGTERM and SIGKILL.
         grace: Duration,
     },
+    /// A round of `--repeat`, `--for` or `--until-fail` begins.
+    Round {
+        /// 1-based.
+        round: u32,
+        /// `--shuffle`'s seed, when the order is shuffled.
+        seed: Option<u64>,
+    },
     /// Something the user should know that does not stop the run.
     Warning {
         /// One line.

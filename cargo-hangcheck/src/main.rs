@@ -12,6 +12,7 @@
 //! progress, and [`live`] is `cargo hangcheck run`, the server driven by hand.
 //! [`partition`] picks a CI shard's tests and [`merge`] joins the shards' reports;
 //! [`standing`] judges leaks against a baseline report, and [`diff`] compares two.
+//! [`rounds`] repeats and shuffles the suite (`--repeat`, `--until-fail`, `--shuffle`).
 
 mod analysis;
 mod build;
@@ -34,6 +35,7 @@ mod partition;
 mod process;
 mod recorded;
 mod report;
+mod rounds;
 mod run;
 mod rundir;
 mod server;

@@ -110,6 +110,8 @@ fn merge(reports: Vec<Report>, out: PathBuf) -> Report {
         protocol_errors: Vec::new(),
         leftover_processes: Vec::new(),
         merged_from: Vec::new(),
+        rounds: None,
+        flakes: Vec::new(),
     };
     merged.shutdown.outcome = shutdown;
     for r in reports {

@@ -89,7 +89,12 @@ fn prepare_and_run(args: &TestArgs, reporters: &mut Reporters) -> (Result<(), Se
         tests: Vec::new(),
         harnesses: Harnesses::default(),
         root,
+        stall_count: 0,
+        evidence_left: u32::MAX,
     };
+    if run.config.rounds.repeating() {
+        run.evidence_left = EVIDENCE_ROUNDS;
+    }
     let mut result = run.execute();
     run.stop_server();
     let found = leftovers::find(&[], |_| true);
@@ -117,7 +122,15 @@ struct Run<'r> {
     harnesses: Harnesses,
     /// The workspace root, cut from the front of file names in culprits.
     root: String,
+    /// Stalls reported so far (`--until-fail` stops at a round that stalled).
+    stall_count: usize,
+    /// How many more hung tests get evidence: all without rounds, [`EVIDENCE_ROUNDS`] with.
+    evidence_left: u32,
 }
+
+/// With rounds, the hangs whose evidence is written: the first few tell where it waits,
+/// and a run of thousands of rounds must not fill the disk.
+const EVIDENCE_ROUNDS: u32 = 5;
 
 impl Run<'_> {
     fn execute(&mut self) -> Result<(), SetupError> {
@@ -143,13 +156,36 @@ impl Run<'_> {
         self.baseline = Some(baseline.clone());
         self.last = Some(baseline);
 
-        for (i, case) in cases.iter().enumerate() {
-            if self.signals.interrupted() {
-                break;
+        let plan = self.config.rounds.clone();
+        let started = std::time::Instant::now();
+        let mut round = 0;
+        'rounds: loop {
+            round += 1;
+            let mut order = cases.clone();
+            if plan.repeating() {
+                order.iter_mut().for_each(|c| c.round = round);
+                if let Some(seed) = plan.shuffle {
+                    crate::rounds::shuffle(&mut order, seed, round);
+                }
+                self.reporters.emit(Event::Round { round, seed: plan.shuffle });
             }
-            let passed = self.run_one(case, i as u64 + 1)?;
-            if self.config.fail_fast && !passed {
-                self.reporters.emit(Event::Warning { message: "stopping at the first failure (--fail-fast)" });
+            let stalls_before = self.stall_count;
+            for case in &order {
+                if self.signals.interrupted() {
+                    break 'rounds;
+                }
+                let passed = self.run_one(case, self.tests.len() as u64 + 1)?;
+                if self.config.fail_fast && !passed {
+                    self.reporters.emit(Event::Warning { message: "stopping at the first failure (--fail-fast)" });
+                    break 'rounds;
+                }
+                if plan.until_fail && (!passed || self.stall_count > stalls_before) {
+                    self.reporters
+                        .emit(Event::Warning { message: "stopping at the first failed round (--until-fail)" });
+                    break 'rounds;
+                }
+            }
+            if !plan.another(round, started) {
                 break;
             }
         }
@@ -164,7 +200,7 @@ impl Run<'_> {
         self.take_events(None);
         self.record_snapshot("final", Some(after), &last)?;
         self.reporters.emit(Event::FinalSnapshot { snapshot: &last });
-        let names: Vec<String> = self.tests.iter().map(|t| t.case.id()).collect();
+        let names: Vec<String> = self.tests.iter().map(round_id).collect();
         let history: Vec<Option<&Snapshot>> = self.tests.iter().map(|t| t.snapshot.as_ref()).collect();
         let epochs = Epochs { names: &names };
         let mut leaks = analysis::leaks(&baseline, &last, &history, &epochs, &self.config.leaks);
@@ -204,6 +240,7 @@ impl Run<'_> {
             root: &self.root,
             epoch,
             found: Found::default(),
+            evidence_left: &mut self.evidence_left,
         };
         let run = if case.in_process {
             let cx =
@@ -295,6 +332,7 @@ impl Run<'_> {
             self.reporters.emit(Event::ProtocolError { message });
         }
         let names: Vec<String> = self.tests.iter().map(|t| t.case.id()).chain(current.map(str::to_owned)).collect();
+        self.stall_count += events.stalls.len();
         for (stall, file, at) in events.stalls {
             let entry = stall_entry(&stall, file, at, &names);
             self.reporters.emit(Event::Stall { stall: &entry });
@@ -404,6 +442,8 @@ struct ServerProbe<'a> {
     epoch: u64,
     /// Where the hung test's tasks wait, read off its evidence.
     found: Found,
+    /// How many more hung tests get evidence written.
+    evidence_left: &'a mut u32,
 }
 
 /// What a hung test's evidence says about where it is stuck.
@@ -426,13 +466,16 @@ impl Probe for ServerProbe<'_> {
 
     fn hung(&mut self, case: &TestCase) -> Evidence {
         self.reporters.emit(Event::TestHung { case });
+        if *self.evidence_left == 0 {
+            return Evidence::none("the first hung rounds' evidence is on disk; the rest is capped");
+        }
+        *self.evidence_left -= 1;
         let id = case.id();
-        let taken = stacks::evidence(
-            &mut self.server.link,
-            self.server.child.pid(),
-            self.run_dir,
-            &format!("hangs/{}", crate::rundir::file_name(&id)),
-        );
+        let label = match case.round {
+            0 => format!("hangs/{}", crate::rundir::file_name(&id)),
+            r => format!("rounds/{r}/hangs/{}", crate::rundir::file_name(&id)),
+        };
+        let taken = stacks::evidence(&mut self.server.link, self.server.child.pid(), self.run_dir, &label);
         self.reporters.emit(Event::EvidenceWritten {
             test: Some(&id),
             files: &taken.evidence.files,
@@ -461,6 +504,14 @@ impl Probe for ServerProbe<'_> {
             self.found.last_events = crate::recorded::last_words(recorded, self.epoch);
         }
         taken.evidence
+    }
+}
+
+/// A test's name in leak attributions: with rounds, which round too.
+fn round_id(t: &TestRecord) -> String {
+    match t.case.round {
+        0 => t.case.id(),
+        r => format!("{} (round {r})", t.case.id()),
     }
 }
 

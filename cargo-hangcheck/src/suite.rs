@@ -36,6 +36,8 @@ pub struct TestCase {
     pub exe: PathBuf,
     /// Whether the binary is a hangcheck harness, whose tests run in one process.
     pub in_process: bool,
+    /// With rounds (`--repeat` …), the round it runs in, 1-based; 0 without.
+    pub round: u32,
 }
 
 impl TestCase {
@@ -108,7 +110,13 @@ pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals)
             .lines()
             .filter_map(|line| line.strip_suffix(": test"))
             .filter(|name| config.filters.is_empty() || config.filters.iter().any(|f| name.contains(f.as_str())))
-            .map(|name| TestCase { target: target.clone(), name: name.to_owned(), exe: exe.clone(), in_process });
+            .map(|name| TestCase {
+                target: target.clone(),
+                name: name.to_owned(),
+                exe: exe.clone(),
+                in_process,
+                round: 0,
+            });
         // The shard is dealt per test target, after the filters, as nextest does.
         cases.extend(
             selected
@@ -142,7 +150,10 @@ pub fn run(
     probe: &mut dyn Probe,
 ) -> TestRun {
     let started = Instant::now();
-    let log_name = format!("tests/{}/{}.log", file_name(&case.target), file_name(&case.name));
+    let log_name = match case.round {
+        0 => format!("tests/{}/{}.log", file_name(&case.target), file_name(&case.name)),
+        r => format!("rounds/{r}/tests/{}/{}.log", file_name(&case.target), file_name(&case.name)),
+    };
     let (log_file, log) = match run_dir.log_file(&log_name) {
         Ok(pair) => pair,
         Err(e) => return spawn_failed(format!("cannot create {log_name}: {e}"), run_dir.join(&log_name)),

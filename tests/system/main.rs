@@ -12,6 +12,7 @@ mod harness;
 mod leaks;
 mod lifecycle;
 mod reporting;
+mod rounds;
 mod survival;
 mod timeline;
 mod util;

@@ -33,6 +33,7 @@ pub struct Aggregator {
     protocol_errors: Vec<String>,
     leftovers: Vec<crate::leftovers::Leftover>,
     error: Option<(String, bool)>,
+    rounds: Option<super::RoundsEntry>,
 }
 
 impl Reporter for Aggregator {
@@ -82,6 +83,9 @@ impl Reporter for Aggregator {
             | Event::TestHung { .. }
             | Event::EvidenceWritten { .. }
             | Event::Warning { .. } => {}
+            Event::Round { round, seed } => {
+                self.rounds = Some(super::RoundsEntry { count: round, shuffle_seed: seed });
+            }
         }
     }
 
@@ -103,6 +107,7 @@ impl Aggregator {
                 v => v,
             },
         };
+        let flakes = super::flakes::table(&self.tests, &self.stalls, self.rounds.is_some());
         Report {
             format_version: super::FORMAT_VERSION,
             hangcheck_version: env!("CARGO_PKG_VERSION").into(),
@@ -125,6 +130,8 @@ impl Aggregator {
             protocol_errors: self.protocol_errors,
             leftover_processes: self.leftovers,
             merged_from: Vec::new(),
+            flakes,
+            rounds: self.rounds,
         }
     }
 }
@@ -139,7 +146,7 @@ mod tests {
 
     fn record(name: &str, epoch: u64, outcome: Outcome) -> TestRecord {
         TestRecord {
-            case: TestCase { target: "e2e".into(), name: name.into(), exe: "t".into(), in_process: false },
+            case: TestCase { target: "e2e".into(), name: name.into(), exe: "t".into(), in_process: false, round: 0 },
             epoch,
             run: TestRun {
                 outcome,

@@ -14,6 +14,7 @@
 pub mod accumulation;
 pub mod aggregate;
 pub mod delta;
+pub mod flakes;
 pub mod github;
 pub mod html;
 pub mod json;
@@ -204,6 +205,21 @@ pub struct Report {
     /// For a report written by `cargo hangcheck merge`: the shards' reports it joins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<PathBuf>,
+    /// With `--repeat`, `--for` or `--until-fail`: how many rounds ran, and the shuffle seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<RoundsEntry>,
+    /// With rounds: each test's outcomes over them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flakes: Vec<flakes::Flake>,
+}
+
+/// The rounds of a repeated run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct RoundsEntry {
+    /// Rounds begun.
+    pub count: u32,
+    /// `--shuffle`'s seed: `--shuffle=SEED` replays the same orders.
+    pub shuffle_seed: Option<u64>,
 }
 
 /// How many tests passed, failed (or could not start) and hung.
@@ -253,6 +269,9 @@ pub struct TestEntry {
     pub name: String,
     /// The epoch it ran in; survivors born in it are its doing.
     pub epoch: u64,
+    /// The round it ran in, with `--repeat` (1-based); absent otherwise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round: u32,
     /// How it ended.
     pub outcome: TestOutcome,
     /// The exit status or error, for failures.
@@ -478,6 +497,7 @@ impl TestEntry {
             target: r.case.target.clone(),
             name: r.case.name.clone(),
             epoch: r.epoch,
+            round: r.case.round,
             outcome,
             detail,
             duration_ms: r.run.duration.as_millis() as u64,
@@ -493,6 +513,10 @@ impl TestEntry {
             live: r.snapshot.iter().flat_map(|s| s.groups.iter().map(|g| (g.key.clone(), g.live))).collect(),
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The overall verdict of a run that could judge: the most severe finding wins.

@@ -128,6 +128,10 @@ impl Reporter for Displayer {
                 }
             }
             Event::Warning { message } => warn(message),
+            Event::Round { round, seed } => match seed {
+                Some(seed) => status("Round", format!("{round} (--shuffle={seed})")),
+                None => status("Round", round),
+            },
             Event::SetupError { error } => setup_error(error),
         }
     }
@@ -145,7 +149,37 @@ impl Reporter for Displayer {
             counters(&mut out, &report.counters);
         }
         stall_summary(&mut out, &report.stalls);
+        flakes(&mut out, report);
         summary(&mut out, report);
+    }
+}
+
+/// The flake table of a repeated run: each test over the rounds.
+fn flakes(out: &mut dyn Write, report: &Report) {
+    let Some(rounds) = report.rounds else { return };
+    let seed = rounds.shuffle_seed.map(|s| format!(", --shuffle={s}")).unwrap_or_default();
+    say!(out);
+    say!(out, "{BOLD}Flakes{BOLD:#} over {} round{}{seed}", rounds.count, if rounds.count == 1 { "" } else { "s" });
+    let width = report.flakes.iter().map(|f| f.id.chars().count()).max().unwrap_or(0).min(60);
+    for f in &report.flakes {
+        let style = if f.first_failure.is_some() { RED } else { GREEN };
+        let first = f.first_failure.map(|r| format!("  first in round {r}{seed}")).unwrap_or_default();
+        say!(
+            out,
+            "  {style}{:<width$}{style:#}  passed {}/{}, failed {}, hung {}, stalled {}{first}",
+            truncate(&f.id, width),
+            f.passed,
+            f.rounds,
+            f.failed,
+            f.hung,
+            f.stalled
+        );
+        for w in &f.waiting {
+            say!(out, "      {}", w.describe());
+        }
+        if let Some(e) = f.evidence.first() {
+            say!(out, "      {DIM}evidence: {}{DIM:#}", e.display());
+        }
     }
 }
 

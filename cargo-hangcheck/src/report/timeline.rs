@@ -229,6 +229,7 @@ impl Timeline {
             | Event::RunStarted { .. }
             | Event::ProtocolError { .. }
             | Event::Warning { .. }
+            | Event::Round { .. }
             | Event::SetupError { .. } => {}
         }
     }
@@ -311,7 +312,7 @@ pub(crate) mod tests {
     use crate::suite::{Outcome, TestCase, TestRun};
 
     pub fn case(name: &str) -> TestCase {
-        TestCase { target: "e2e".into(), name: name.into(), exe: "t".into(), in_process: false }
+        TestCase { target: "e2e".into(), name: name.into(), exe: "t".into(), in_process: false, round: 0 }
     }
 
     pub fn record(name: &str, epoch: u64, outcome: Outcome, waiters: u64, ops: &[(u64, u64)]) -> TestRecord {

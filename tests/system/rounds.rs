@@ -1,0 +1,80 @@
+//! Rounds: a race that hangs now and then, caught by `--repeat`; `--until-fail`;
+//! `--shuffle=SEED` replaying an order.
+
+use crate::util::{assert_no_process_with, hangcheck_test, marker, read};
+
+/// (round, test id) in the order the tests ran.
+fn ran(report: &serde_json::Value) -> Vec<(u64, String)> {
+    let tests = report["tests"].as_array().unwrap_or_else(|| panic!("no tests in {report:#}"));
+    tests.iter().map(|t| (t["round"].as_u64().unwrap(), t["id"].as_str().unwrap().to_owned())).collect()
+}
+
+#[test]
+fn repeat_30_reproduces_a_race_that_hangs_one_call_in_five_with_a_flake_table_and_evidence() {
+    let mark = marker("repeat");
+    let run = hangcheck_test(&["-p", "lost-wakeup", "--repeat", "30", "--server-env", &mark]);
+    assert_eq!(run.code, 6, "a hung round is a hang\n{run}");
+    let report = run.report();
+    assert_eq!(report["rounds"]["count"], 30, "{:#}", report["rounds"]);
+    assert_eq!(ran(&report).len(), 60, "two tests, thirty rounds");
+    let flake = report["flakes"].as_array().unwrap().iter().find(|f| f["id"] == "e2e::one_job").unwrap().clone();
+    let hung = flake["hung"].as_u64().unwrap();
+    assert!(hung >= 1 && flake["passed"].as_u64().unwrap() + hung == 30, "{flake:#}");
+    let first = flake["first_failure"].as_u64().unwrap();
+    // The culprit: where the request waits for the wakeup it lost.
+    assert_eq!(flake["waiting"][0]["function"], "lost_wakeup::wait_for_worker", "{flake:#}");
+    let evidence = flake["evidence"][0].as_str().unwrap();
+    assert!(evidence.contains(&format!("rounds/{first}/hangs/e2e.one_job")), "{flake:#}");
+    assert!(read(std::path::Path::new(evidence)).contains("lost_wakeup::wait_for_worker"), "{evidence}");
+    // On screen: the table, the line of the flaky test, its culprit.
+    assert!(run.stdout.contains("Flakes over 30 rounds"), "{run}");
+    assert!(
+        run.stdout
+            .contains(&format!("passed {}/30, failed 0, hung {hung}, stalled 0  first in round {first}", 30 - hung)),
+        "{run}"
+    );
+    assert!(run.stdout.contains("waiting in lost_wakeup::wait_for_worker (examples/lost-wakeup/src/main.rs:"), "{run}");
+    // Evidence is written for the first five hung rounds only.
+    let with_evidence = std::fs::read_dir(run.run_dir().join("rounds"))
+        .unwrap()
+        .flatten()
+        .filter(|d| d.path().join("hangs").exists())
+        .count() as u64;
+    assert_eq!(with_evidence, hung.min(5), "{run}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn until_fail_stops_at_the_first_hung_round() {
+    let mark = marker("until-fail");
+    let run = hangcheck_test(&["-p", "lost-wakeup", "--until-fail", "--repeat", "500", "--server-env", &mark]);
+    assert_eq!(run.code, 6, "{run}");
+    let report = run.report();
+    let tests = report["tests"].as_array().unwrap();
+    let hung: Vec<_> = tests.iter().filter(|t| t["outcome"] == "hung").collect();
+    assert_eq!(hung.len(), 1, "it stopped at the first hang\n{run}");
+    let last = tests.last().unwrap();
+    assert_eq!(last["outcome"], "hung", "the hung test is the last one run\n{run}");
+    assert_eq!(report["rounds"]["count"], last["round"], "no round began after it");
+    assert!(last["round"].as_u64().unwrap() < 500, "{run}");
+    assert!(run.stderr.contains("stopping at the first failed round (--until-fail)"), "{run}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn the_same_shuffle_seed_gives_the_same_order_twice() {
+    let mark = marker("shuffle");
+    let args = ["-p", "waiter-leak", "--shuffle=42", "--repeat", "2", "--server-env", &mark];
+    let (one, two) = (hangcheck_test(&args), hangcheck_test(&args));
+    let (a, b) = (one.report(), two.report());
+    assert_eq!(a["rounds"]["shuffle_seed"], 42);
+    assert!(one.stderr.contains("Round 1 (--shuffle=42)") || one.stdout.contains("Round 1 (--shuffle=42)"), "{one}");
+    let order = ran(&a);
+    assert_eq!(order, ran(&b), "the same seed, the same order");
+    // Each round runs every test once, in an order of its own.
+    let round = |r: u64| order.iter().filter(|(n, _)| *n == r).map(|(_, id)| id.clone()).collect::<Vec<_>>();
+    let (first, second) = (round(1), round(2));
+    assert_eq!(first.len(), 7);
+    assert_ne!(first, second, "rounds are shuffled each");
+    assert_no_process_with(&mark);
+}
