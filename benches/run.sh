@@ -2,7 +2,7 @@
 # Reproduces the figures of docs/performance.md.
 #
 #   benches/run.sh            every benchmark
-#   benches/run.sh spawn      one of: spawn load snapshot stacks stall runner recorder
+#   benches/run.sh spawn      one of: spawn load snapshot stacks stall runner recorder chaos
 #
 # Builds the bench binary three ways, each in its own target directory (different
 # RUSTFLAGS would otherwise rebuild each other): stable; --cfg tokio_unstable (what
@@ -280,10 +280,38 @@ PY
         path tests run_ms test_ms_per_test settle_ms_per_test other_ms_per_test
 }
 
+# --chaos: the lost-wakeup race made rare (LOST_WAKEUP_PREPARE_US=100, about one hang in
+# 100 rounds), its hang rate over 300 rounds and the time until --until-fail stops at the
+# first hang, without and with --chaos.
+run_chaos() {
+    cargo build --quiet -p cargo-hangcheck
+    local b=target/debug/cargo-hangcheck
+    local a=(hangcheck test -p lost-wakeup --target-dir "$T/chaos" --color never
+        --server-env LOST_WAKEUP_PREPARE_US=100 one_job)
+    echo "| mode | hang rate (300 rounds) |"
+    echo "|---|---|"
+    for c in "" "--chaos=7"; do
+        "$b" "${a[@]}" --repeat 300 $c >"$T/chaos.log" 2>&1 || true
+        echo "| ${c:-plain} | $(grep -A1 'Flakes over' "$T/chaos.log" | tail -1 | grep -o 'hung [0-9]*') |"
+    done
+    echo "| mode | run | time to the first hang | rounds |"
+    echo "|---|---|---|---|"
+    for i in 1 2 3; do
+        for c in "" "--chaos=$i"; do
+            local s e
+            s=$(date +%s.%N)
+            "$b" "${a[@]}" --until-fail --repeat 2000 $c >"$T/chaos.log" 2>&1 || true
+            e=$(date +%s.%N)
+            echo "| ${c:-plain} | $i | $(echo "$e - $s" | bc) s | $(grep -o 'Flakes over [0-9]*' "$T/chaos.log" | grep -o '[0-9]*$') |"
+        done
+    done
+}
+
 : >"$OUT"
 machine
 case "$which" in
 runner) run_runner ;;
+chaos) run_chaos ;;
 recorder)
     echo "building the bench binary (stable, tokio_unstable)..." >&2
     build stable "" --release
@@ -299,7 +327,7 @@ all)
     for b in spawn load snapshot stacks stall runner recorder; do "run_$b"; done
     ;;
 *)
-    echo "usage: benches/run.sh [spawn|load|snapshot|stacks|stall|runner|recorder|all]" >&2
+    echo "usage: benches/run.sh [spawn|load|snapshot|stacks|stall|runner|recorder|chaos|all]" >&2
     exit 2
     ;;
 esac

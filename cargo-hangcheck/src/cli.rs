@@ -199,6 +199,10 @@ pub struct TestArgs {
     /// `--shuffle=SEED` replays the same orders.
     #[arg(long, value_name = "SEED", num_args = 0..=1, require_equals = true, help_heading = "Rounds")]
     pub shuffle: Option<Option<u64>>,
+    /// Perturb the server's scheduling: short random delays and yields before polls, and
+    /// tokio's RNG seeded from SEED (printed and recorded). Needs a tokio_unstable build.
+    #[arg(long, value_name = "SEED", num_args = 0..=1, require_equals = true, help_heading = "Rounds")]
+    pub chaos: Option<Option<u64>>,
 
     /// Stop at the first failed or hung test [config: fail-fast].
     #[arg(long, help_heading = "Timeouts")]

@@ -187,6 +187,13 @@ impl Config {
             server_env.retain(|(key, _)| key != k);
             server_env.push((k.clone(), v.clone()));
         }
+        let rounds = crate::rounds::Plan::of(args);
+        if let Some(seed) = rounds.chaos {
+            if server_args.package.stable {
+                return Err(SetupError::Config("--chaos works through tokio's poll hooks: drop --stable".into()));
+            }
+            server_env.push((hangcheck_runtime::protocol::CHAOS_ENV.to_owned(), seed.to_string()));
+        }
         let mut ignore = leaks.ignore.unwrap_or_default();
         ignore.extend(args.ignore.iter().cloned());
 
@@ -214,7 +221,7 @@ impl Config {
             test_targets,
             filters: args.filters.clone(),
             partition: args.partition,
-            rounds: crate::rounds::Plan::of(args),
+            rounds,
             baseline: match &args.baseline {
                 Some(path) => Some(crate::standing::Baseline::load(path).map_err(SetupError::Config)?),
                 None => None,

@@ -134,6 +134,8 @@ pub enum Event<'a> {
         round: u32,
         /// `--shuffle`'s seed, when the order is shuffled.
         seed: Option<u64>,
+        /// `--chaos`'s seed, when the server's scheduling is perturbed.
+        chaos: Option<u64>,
     },
     /// Something the user should know that does not stop the run.
     Warning {

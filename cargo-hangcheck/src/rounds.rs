@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use hangcheck_runtime::protocol::splitmix64 as splitmix;
+
 use crate::cli::TestArgs;
 
 /// How many rounds, and in which order.
@@ -14,6 +16,8 @@ pub struct Plan {
     pub for_duration: Option<Duration>,
     pub until_fail: bool,
     pub shuffle: Option<u64>,
+    /// `--chaos`'s seed (the server gets it in its environment).
+    pub chaos: Option<u64>,
 }
 
 impl Plan {
@@ -24,12 +28,17 @@ impl Plan {
             for_duration: args.for_duration,
             until_fail: args.until_fail,
             shuffle: args.shuffle.map(|seed| seed.unwrap_or_else(draw_seed)),
+            chaos: args.chaos.map(|seed| seed.unwrap_or_else(draw_seed)),
         }
     }
 
     /// Whether the run has rounds at all (otherwise it runs as it always has).
     pub fn repeating(&self) -> bool {
-        self.repeat.is_some() || self.for_duration.is_some() || self.until_fail || self.shuffle.is_some()
+        self.repeat.is_some()
+            || self.for_duration.is_some()
+            || self.until_fail
+            || self.shuffle.is_some()
+            || self.chaos.is_some()
     }
 
     /// Whether another round follows round `done`, begun at `started`.
@@ -49,15 +58,6 @@ impl Plan {
 fn draw_seed() -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     splitmix(nanos as u64 ^ u64::from(std::process::id())) % 1_000_000_000
-}
-
-/// SplitMix64: small and fixed here, so a seed replays the same order in every version.
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Shuffles `items` for round `round` of seed `seed` (Fisher–Yates).

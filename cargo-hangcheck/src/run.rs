@@ -167,7 +167,7 @@ impl Run<'_> {
                 if let Some(seed) = plan.shuffle {
                     crate::rounds::shuffle(&mut order, seed, round);
                 }
-                self.reporters.emit(Event::Round { round, seed: plan.shuffle });
+                self.reporters.emit(Event::Round { round, seed: plan.shuffle, chaos: plan.chaos });
             }
             let stalls_before = self.stall_count;
             for case in &order {

@@ -129,6 +129,18 @@ mod unstable {
                 drop(removed);
             })
             .on_before_task_poll(|meta| watchdog::busy(id_of(meta)));
+        if let Some(seed) = crate::chaos::seed() {
+            // Said in the server's log, so that a reader of it knows its timing was perturbed.
+            eprintln!("hangcheck: --chaos={seed}: delays and yields before polls, tokio's RNG seeded");
+            builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes())).on_before_task_poll(
+                move |meta| {
+                    // The delay comes before the poll begins: the watchdog does not see it
+                    // as the task's.
+                    crate::chaos::perturb(seed);
+                    watchdog::busy(id_of(meta));
+                },
+            );
+        }
         if poll_stats() {
             builder.on_after_task_poll(|meta| {
                 let busy_ns = watchdog::idle();

@@ -35,6 +35,8 @@ pub mod harness;
 
 #[cfg(feature = "agent")]
 mod agent;
+#[cfg(all(feature = "agent", tokio_unstable))]
+mod chaos;
 #[cfg(feature = "agent")]
 mod clock;
 #[cfg(feature = "agent")]

@@ -479,6 +479,20 @@ impl FdCounts {
 /// The environment variable that turns on per-group poll counts and busy time (`1`).
 pub const POLL_STATS_ENV: &str = "HANGCHECK_POLL_STATS";
 
+/// SplitMix64, the generator behind `--shuffle` (runner) and `--chaos` (agent): fixed
+/// here, so a seed means the same order and the same draws in every version.
+pub fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The environment variable that carries `--chaos`'s seed to the agent: delays and
+/// yields at poll boundaries, and tokio's RNG seeded from it.
+pub const CHAOS_ENV: &str = "HANGCHECK_CHAOS";
+
 /// The environment variable that carries the stall threshold, in milliseconds, from the
 /// runner to the agent.
 pub const STALL_THRESHOLD_ENV: &str = "HANGCHECK_STALL_THRESHOLD_MS";

@@ -78,3 +78,19 @@ fn the_same_shuffle_seed_gives_the_same_order_twice() {
     assert_ne!(first, second, "rounds are shuffled each");
     assert_no_process_with(&mark);
 }
+
+#[test]
+fn chaos_seed_is_printed_recorded_and_handed_to_the_server() {
+    let mark = marker("chaos");
+    let run = hangcheck_test(&["-p", "lost-wakeup", "--chaos=5", "--server-env", &mark, "ping"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("Round 1 (--chaos=5)") || run.stdout.contains("Round 1 (--chaos=5)"), "{run}");
+    assert_eq!(run.report()["rounds"]["chaos_seed"], 5);
+    // The server's runtime took the seed and installed the perturbing hook.
+    let log = crate::util::read(&run.run_dir().join("server.log"));
+    assert!(log.contains("hangcheck: --chaos=5: delays and yields before polls"), "{log}");
+    let stable = hangcheck_test(&["-p", "lost-wakeup", "--chaos", "--stable", "ping"]);
+    assert_eq!(stable.code, 3, "{stable}");
+    assert!(stable.error_line().contains("--chaos works through tokio's poll hooks"), "{stable}");
+    assert_no_process_with(&mark);
+}

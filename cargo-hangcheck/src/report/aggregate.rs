@@ -83,8 +83,8 @@ impl Reporter for Aggregator {
             | Event::TestHung { .. }
             | Event::EvidenceWritten { .. }
             | Event::Warning { .. } => {}
-            Event::Round { round, seed } => {
-                self.rounds = Some(super::RoundsEntry { count: round, shuffle_seed: seed });
+            Event::Round { round, seed, chaos } => {
+                self.rounds = Some(super::RoundsEntry { count: round, shuffle_seed: seed, chaos_seed: chaos });
             }
         }
     }

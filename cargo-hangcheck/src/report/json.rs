@@ -98,8 +98,8 @@ impl Reporter for JsonLines {
                 shutdown,
             ),
             Event::Warning { message } => json!({ "type": "warning", "message": message }),
-            Event::Round { round, seed } => {
-                json!({ "type": "round", "event": "started", "round": round, "shuffle_seed": seed })
+            Event::Round { round, seed, chaos } => {
+                json!({ "type": "round", "event": "started", "round": round, "shuffle_seed": seed, "chaos_seed": chaos })
             }
             Event::SetupError { error } => {
                 json!({ "type": "setup-error", "message": error.to_string(), "detail": error.detail() })

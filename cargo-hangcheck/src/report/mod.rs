@@ -220,6 +220,9 @@ pub struct RoundsEntry {
     pub count: u32,
     /// `--shuffle`'s seed: `--shuffle=SEED` replays the same orders.
     pub shuffle_seed: Option<u64>,
+    /// `--chaos`'s seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos_seed: Option<u64>,
 }
 
 /// How many tests passed, failed (or could not start) and hung.

@@ -128,10 +128,17 @@ impl Reporter for Displayer {
                 }
             }
             Event::Warning { message } => warn(message),
-            Event::Round { round, seed } => match seed {
-                Some(seed) => status("Round", format!("{round} (--shuffle={seed})")),
-                None => status("Round", round),
-            },
+            Event::Round { round, seed, chaos } => {
+                let seeds: Vec<String> =
+                    [seed.map(|s| format!("--shuffle={s}")), chaos.map(|s| format!("--chaos={s}"))]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                match seeds.is_empty() {
+                    true => status("Round", round),
+                    false => status("Round", format!("{round} ({})", seeds.join(", "))),
+                }
+            }
             Event::SetupError { error } => setup_error(error),
         }
     }

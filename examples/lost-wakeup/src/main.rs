@@ -57,9 +57,11 @@ async fn job() -> String {
         compute(work);
         worker.notify_waiters();
     });
-    // Preparing the reply is 0-2 ms of computation; the wait begins only after it. BUG: a
-    // worker that finished meanwhile notified nobody (notify_waiters keeps no permit).
-    compute(random_micros(2_000));
+    // Preparing the reply is 0-2 ms of computation (LOST_WAKEUP_PREPARE_US sets the
+    // most), then a turn for other tasks; the wait begins only after it. BUG: a worker
+    // that finished meanwhile notified nobody (notify_waiters keeps no permit).
+    compute(random_micros(prepare_us()));
+    tokio::task::yield_now().await;
     wait_for_worker(&done).await;
     "DONE".to_owned()
 }
@@ -67,6 +69,11 @@ async fn job() -> String {
 /// Waits for the worker's notification.
 async fn wait_for_worker(done: &Notify) {
     done.notified().await;
+}
+
+/// The longest preparation, in microseconds: the smaller, the rarer the race.
+fn prepare_us() -> u64 {
+    std::env::var("LOST_WAKEUP_PREPARE_US").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000).max(1)
 }
 
 /// Stands for a few milliseconds of CPU work (far below the stall threshold).
