@@ -34,6 +34,31 @@ impl LeakPolicy {
     }
 }
 
+/// A measure that rose between the server's readiness and the baseline: resources of
+/// its start-up (a metrics listener, an admin console starting a moment later), never a
+/// test's doing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StartupGrowth {
+    /// The group's name or location, `op:<kind>`, `fd:<kind>` or `threads`.
+    pub measure: String,
+    /// Its value when the server became ready.
+    pub at_ready: u64,
+    /// Its value in the baseline.
+    pub at_baseline: u64,
+}
+
+/// What rose between `ready` and `baseline`.
+pub fn startup_growth(ready: &Snapshot, baseline: &Snapshot) -> Vec<StartupGrowth> {
+    let before = values(ready);
+    values(baseline)
+        .into_iter()
+        .filter_map(|((_, key), value)| {
+            let at_ready = before.iter().find(|((_, k), _)| *k == key).map_or(0, |(_, v)| *v);
+            (value > at_ready).then_some(StartupGrowth { measure: key, at_ready, at_baseline: value })
+        })
+        .collect()
+}
+
 /// What a verdict is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -103,6 +128,12 @@ fn measures(s: &Snapshot) -> Vec<Measure<'_>> {
 /// The value of every measure of a snapshot, by kind and key.
 fn values(s: &Snapshot) -> BTreeMap<(MeasureKind, String), u64> {
     measures(s).into_iter().map(|m| ((m.kind, m.key), m.value)).collect()
+}
+
+/// Whether every measure (task groups, operations, fds, threads) has the same value in
+/// both snapshots: the server is quiet between them.
+pub fn same_measures(a: &Snapshot, b: &Snapshot) -> bool {
+    values(a) == values(b)
 }
 
 /// Whether any judged measure is higher in `now` than in `before`.
@@ -266,9 +297,44 @@ pub struct ConcurrentOps {
     pub max_in_flight: u64,
     /// The tests in which the overlaps began.
     pub tests: Vec<String>,
+    /// How long the longest closed overlap lasted, in milliseconds (0: none closed).
+    #[serde(default)]
+    pub longest_ms: u64,
+    /// For an overlap still open at the end of the run: how long it had lasted.
+    #[serde(default)]
+    pub still_open_ms: Option<u64>,
 }
 
-/// Every overlap the runtime recorded by the end of the run.
+/// Overlaps of one kind that closed within the grace: a new operation took over and the
+/// old one ended. Data, not a finding.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Handovers {
+    /// The operation kind.
+    pub kind: String,
+    /// How many.
+    pub count: u64,
+    /// The longest, in milliseconds.
+    pub longest_ms: u64,
+    /// The grace they closed within, in milliseconds.
+    pub grace_ms: u64,
+}
+
+/// The handovers of every kind that had one.
+pub fn handovers(last: &Snapshot) -> Vec<Handovers> {
+    last.ops
+        .iter()
+        .filter(|o| o.handovers > 0)
+        .map(|o| Handovers {
+            kind: o.kind.clone(),
+            count: o.handovers,
+            longest_ms: o.longest_handover_ms,
+            grace_ms: o.overlap_grace_ms,
+        })
+        .collect()
+}
+
+/// Every overlap the runtime recorded by the end of the run: longer than the grace, or
+/// still open past it.
 pub fn concurrent_ops(last: &Snapshot, epochs: &Epochs<'_>) -> Vec<ConcurrentOps> {
     last.ops
         .iter()
@@ -278,6 +344,8 @@ pub fn concurrent_ops(last: &Snapshot, epochs: &Epochs<'_>) -> Vec<ConcurrentOps
                 key: ov.key.clone(),
                 max_in_flight: ov.max_in_flight,
                 tests: ov.epochs.iter().map(|&e| epochs.owner(e)).collect(),
+                longest_ms: ov.longest_ms,
+                still_open_ms: ov.open_ms,
             })
         })
         .collect()

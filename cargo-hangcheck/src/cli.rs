@@ -167,6 +167,48 @@ pub struct ServerArgs {
     /// Events the server's flight recorder keeps for the evidence; 0 turns it off [config: recorder-events; default: 4096].
     #[arg(long, value_name = "N", help_heading = "Server")]
     pub recorder_events: Option<usize>,
+    /// Operations of one key in flight together for longer than this are a finding;
+    /// shorter overlaps are handovers [config: overlap-grace; default: 100ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Leak Policy")]
+    pub overlap_grace: Option<Duration>,
+    /// Whether a stall fails the run (exit 7) or is only reported [config: stall-verdict; default: fail].
+    #[arg(long, value_enum, value_name = "VERDICT", help_heading = "Timeouts")]
+    pub stall_verdict: Option<StallVerdict>,
+}
+
+/// Which `#[ignore]`d tests run.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RunIgnored {
+    /// None: they are reported as ignored.
+    #[default]
+    Default,
+    /// Only them.
+    Only,
+    /// Them and the others.
+    All,
+}
+
+/// What a run that selects no test does (nextest's `--no-tests`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoTests {
+    /// A setup error: a filter with a typo must not give a green CI.
+    Fail,
+    /// A warning; the server is still started, judged and stopped.
+    Warn,
+    /// Nothing said; the server is still started, judged and stopped.
+    Pass,
+}
+
+/// What a stall does to the run's verdict.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StallVerdict {
+    /// A stall fails the run with its own exit code.
+    #[default]
+    Fail,
+    /// Stalls are reported; the exit code ignores them.
+    Warn,
 }
 
 /// `cargo hangcheck test`.
@@ -204,9 +246,23 @@ pub struct TestArgs {
     #[arg(long, value_name = "SEED", num_args = 0..=1, require_equals = true, help_heading = "Rounds")]
     pub chaos: Option<Option<u64>>,
 
+    /// How long the server's counts must stay unchanged before the baseline is taken
+    /// (bounded by the start-up timeout) [config: baseline-settle; default: 250ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
+    pub baseline_settle: Option<Duration>,
+    /// Extra time the server gets after it is ready, before the quiet baseline [config: warmup; default: 0s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
+    pub warmup: Option<Duration>,
     /// Stop at the first failed or hung test [config: fail-fast].
     #[arg(long, help_heading = "Timeouts")]
     pub fail_fast: bool,
+    /// Run `#[ignore]`d tests: `default` reports them as ignored without running them,
+    /// `only` runs only them, `all` runs them with the others.
+    #[arg(long, value_enum, value_name = "WHICH", default_value_t = RunIgnored::Default, help_heading = "Test Selection")]
+    pub run_ignored: RunIgnored,
+    /// What a run that selects no test is: `fail` (exit 3), `warn`, or `pass` [config: no-tests; default: fail].
+    #[arg(long, value_enum, value_name = "ACTION", help_heading = "Test Selection")]
+    pub no_tests: Option<NoTests>,
 
     /// Growth a task group, operation kind, fd kind or the thread count may have over the
     /// run before it is a leak [config: leaks.allow-growth; default: 0].

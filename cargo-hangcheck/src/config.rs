@@ -12,7 +12,7 @@ use hangcheck_runtime::protocol::StacksBudget;
 use serde::Deserialize;
 
 use crate::analysis::LeakPolicy;
-use crate::cli::{parse_duration, PackageArgs, Ready, ServerArgs, TestArgs};
+use crate::cli::{parse_duration, NoTests, PackageArgs, Ready, RunIgnored, ServerArgs, StallVerdict, TestArgs};
 use crate::errors::SetupError;
 
 /// The metadata table, as written in Cargo.toml.
@@ -25,11 +25,16 @@ struct FileConfig {
     startup_timeout: Option<String>,
     shutdown_grace: Option<String>,
     settle: Option<String>,
+    baseline_settle: Option<String>,
+    warmup: Option<String>,
     stall_threshold: Option<String>,
     stacks_budget: Option<String>,
+    stall_verdict: Option<StallVerdict>,
+    overlap_grace: Option<String>,
     poll_stats: Option<bool>,
     recorder_events: Option<usize>,
     fail_fast: Option<bool>,
+    no_tests: Option<NoTests>,
     leaks: Option<LeaksTable>,
 }
 
@@ -93,16 +98,28 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Longest settle wait after a test.
     pub settle: Duration,
+    /// How long the server must be quiet before the baseline.
+    pub baseline_settle: Duration,
+    /// Time after readiness before the quiet baseline is looked for.
+    pub warmup: Duration,
     /// A poll longer than this is a stall; zero turns the watchdog off.
     pub stall_threshold: Duration,
     /// What one stacks request may cost the server (`stacks-budget`, and the size cap).
     pub stacks_budget: StacksBudget,
+    /// Whether a stall fails the run.
+    pub stall_verdict: StallVerdict,
     /// Count polls and busy time per task group.
     pub poll_stats: bool,
     /// The server's flight recorder size, in events; zero turns it off.
     pub recorder_events: usize,
     /// Stop at the first failed or hung test.
     pub fail_fast: bool,
+    /// Which ignored tests run.
+    pub run_ignored: RunIgnored,
+    /// What a run that selects no test is.
+    pub no_tests: NoTests,
+    /// Overlaps of one key shorter than this are handovers.
+    pub overlap_grace: Duration,
     /// What counts as a leak (`[leaks]`).
     pub leaks: LeakPolicy,
 }
@@ -227,33 +244,46 @@ impl Config {
                 None => None,
             },
             fail_on: args.fail_on.unwrap_or_default(),
-            test_timeout: duration(args.test_timeout, file.test_timeout, "test-timeout", Duration::from_secs(60))?,
-            startup_timeout: duration(
+            test_timeout: positive(duration(
+                args.test_timeout,
+                file.test_timeout,
+                "test-timeout",
+                Duration::from_secs(60),
+            )?)?,
+            startup_timeout: positive(duration(
                 server_args.startup_timeout,
                 file.startup_timeout,
                 "startup-timeout",
                 Duration::from_secs(30),
-            )?,
-            shutdown_grace: duration(
+            )?)?,
+            shutdown_grace: positive(duration(
                 server_args.shutdown_grace,
                 file.shutdown_grace,
                 "shutdown-grace",
                 Duration::from_secs(5),
-            )?,
-            settle: duration(args.settle, file.settle, "settle", Duration::from_secs(1))?,
-            stall_threshold: duration(
+            )?)?,
+            settle: positive(duration(args.settle, file.settle, "settle", Duration::from_secs(1))?)?,
+            baseline_settle: any(duration(
+                args.baseline_settle,
+                file.baseline_settle,
+                "baseline-settle",
+                Duration::from_millis(250),
+            )?),
+            warmup: any(duration(args.warmup, file.warmup, "warmup", Duration::ZERO)?),
+            stall_threshold: any(duration(
                 server_args.stall_threshold,
                 file.stall_threshold,
                 "stall-threshold",
                 Duration::from_millis(250),
-            )?,
+            )?),
+            stall_verdict: server_args.stall_verdict.or(file.stall_verdict).unwrap_or(StallVerdict::Fail),
             stacks_budget: StacksBudget {
-                deadline_ms: duration(
+                deadline_ms: any(duration(
                     server_args.stacks_budget,
                     file.stacks_budget,
                     "stacks-budget",
                     Duration::from_millis(StacksBudget::DEFAULT.deadline_ms),
-                )?
+                )?)
                 .as_millis() as u64,
                 ..StacksBudget::DEFAULT
             },
@@ -263,6 +293,14 @@ impl Config {
                 .or(file.recorder_events)
                 .unwrap_or(hangcheck_runtime::protocol::RECORDER_DEFAULT_EVENTS),
             fail_fast: args.fail_fast || file.fail_fast.unwrap_or(false),
+            run_ignored: args.run_ignored,
+            no_tests: args.no_tests.or(file.no_tests).unwrap_or(NoTests::Fail),
+            overlap_grace: any(duration(
+                server_args.overlap_grace,
+                file.overlap_grace,
+                "overlap-grace",
+                Duration::from_millis(100),
+            )?),
             leaks: LeakPolicy { allow_growth: args.allow_growth.or(leaks.allow_growth).unwrap_or(0), ignore },
         })
     }
@@ -358,29 +396,60 @@ fn merge(ws: FileConfig, pkg: FileConfig) -> FileConfig {
         startup_timeout: pkg.startup_timeout.or(ws.startup_timeout),
         shutdown_grace: pkg.shutdown_grace.or(ws.shutdown_grace),
         settle: pkg.settle.or(ws.settle),
+        baseline_settle: pkg.baseline_settle.or(ws.baseline_settle),
+        warmup: pkg.warmup.or(ws.warmup),
         stall_threshold: pkg.stall_threshold.or(ws.stall_threshold),
         stacks_budget: pkg.stacks_budget.or(ws.stacks_budget),
+        stall_verdict: pkg.stall_verdict.or(ws.stall_verdict),
+        overlap_grace: pkg.overlap_grace.or(ws.overlap_grace),
         poll_stats: pkg.poll_stats.or(ws.poll_stats),
         recorder_events: pkg.recorder_events.or(ws.recorder_events),
         fail_fast: pkg.fail_fast.or(ws.fail_fast),
+        no_tests: pkg.no_tests.or(ws.no_tests),
         leaks,
     }
 }
 
-fn duration(
+/// A duration resolved from its flag, its key or the default, with where it came from.
+struct Resolved<'a> {
+    value: Duration,
+    /// `--test-timeout` or `test-timeout in [package.metadata.hangcheck]`; `None`: the
+    /// default.
+    from: Option<String>,
+    name: &'a str,
+}
+
+fn duration<'a>(
     flag: Option<Duration>,
     key: Option<String>,
-    name: &str,
+    name: &'a str,
     default: Duration,
-) -> Result<Duration, SetupError> {
-    if let Some(d) = flag {
-        return Ok(d);
+) -> Result<Resolved<'a>, SetupError> {
+    if let Some(value) = flag {
+        return Ok(Resolved { value, from: Some(format!("--{name}")), name });
     }
     match key {
-        None => Ok(default),
+        None => Ok(Resolved { value: default, from: None, name }),
         Some(s) => parse_duration(&s)
+            .map(|value| Resolved { value, from: Some(format!("`{name}` in [package.metadata.hangcheck]")), name })
             .map_err(|e| SetupError::Config(format!("invalid `{name}` in [package.metadata.hangcheck]: {e}"))),
     }
+}
+
+/// A duration that only means something above zero: a zero timeout would fail every
+/// test at once, a zero grace SIGKILL the server unasked, a zero settle judge the
+/// counts before they come down.
+fn positive(d: Resolved<'_>) -> Result<Duration, SetupError> {
+    if d.value.is_zero() {
+        let from = d.from.unwrap_or_else(|| d.name.to_owned());
+        return Err(SetupError::Config(format!("{from} must be longer than zero (`{}`)", d.name)));
+    }
+    Ok(d.value)
+}
+
+/// A duration where zero has a meaning of its own (`stall-threshold = "0s"`: off).
+fn any(d: Resolved<'_>) -> Duration {
+    d.value
 }
 
 fn list_or_none(names: &[&str]) -> String {
@@ -418,7 +487,19 @@ mod tests {
 
     #[test]
     fn malformed_duration_names_the_key() {
-        let err = duration(None, Some("soon".into()), "test-timeout", Duration::ZERO).unwrap_err().to_string();
+        let err = duration(None, Some("soon".into()), "test-timeout", Duration::ZERO).err().unwrap().to_string();
         assert!(err.contains("test-timeout") && err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn zero_durations_are_errors_naming_the_key_except_where_zero_means_off() {
+        let key = duration(None, Some("0s".into()), "settle", Duration::from_secs(1)).ok().unwrap();
+        let err = positive(key).unwrap_err().to_string();
+        assert!(err.contains("`settle` in [package.metadata.hangcheck] must be longer than zero"), "{err}");
+        let flag = duration(Some(Duration::ZERO), None, "test-timeout", Duration::from_secs(1)).ok().unwrap();
+        let err = positive(flag).unwrap_err().to_string();
+        assert!(err.starts_with("--test-timeout must be longer than zero"), "{err}");
+        let off = duration(None, Some("0s".into()), "stall-threshold", Duration::from_millis(250)).ok().unwrap();
+        assert_eq!(any(off), Duration::ZERO);
     }
 }

@@ -39,6 +39,10 @@ pub enum SetupError {
         #[source]
         source: std::io::Error,
     },
+    /// The server ran, but hangcheck could not watch it: no runtime of it was
+    /// instrumented, or no test reached it.
+    #[error("{0}")]
+    Unwatched(String),
     /// Ctrl-C (or SIGTERM) arrived before the run could judge anything.
     #[error("interrupted")]
     Interrupted,

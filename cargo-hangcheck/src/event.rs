@@ -12,9 +12,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hangcheck_runtime::protocol::{Snapshot, StackSource};
+use hangcheck_runtime::protocol::{RuntimeInfo, Snapshot, StackSource};
 
-use crate::analysis::{ConcurrentOps, Leak};
+use crate::analysis::{ConcurrentOps, Leak, StartupGrowth};
+use crate::cli::StallVerdict;
 use crate::errors::SetupError;
 use crate::leftovers::Leftover;
 use crate::report::{ShutdownEntry, StallEntry, TestRecord};
@@ -45,6 +46,10 @@ pub enum Event<'a> {
         run_dir: &'a Path,
         /// The tests that will run, in order.
         tests: &'a [TestCase],
+        /// Whether the stall watchdog is on (`stall-threshold` above zero).
+        watchdog: bool,
+        /// Whether stalls fail the run.
+        stall_verdict: StallVerdict,
     },
     /// The server said hello and announced its addresses.
     ServerReady {
@@ -56,11 +61,18 @@ pub enum Event<'a> {
         addresses: &'a BTreeMap<String, String>,
         /// Its log file.
         log: &'a Path,
+        /// The runtimes built through hangcheck, as the baseline shows them.
+        runtimes: &'a [RuntimeInfo],
     },
-    /// The snapshot once the server was up, before the first test.
+    /// The snapshot once the server was up and quiet, before the first test.
     Baseline {
         /// The snapshot.
         snapshot: &'a Snapshot,
+    },
+    /// What rose between the server's readiness and the quiet baseline: start-up.
+    Startup {
+        /// The measures that rose.
+        growth: &'a [StartupGrowth],
     },
     /// A test is about to run in its own epoch.
     TestStarted {
@@ -103,6 +115,13 @@ pub enum Event<'a> {
     Stall {
         /// The stall.
         stall: &'a StallEntry,
+    },
+    /// A stall reported before is over: the poll ended.
+    StallEnded {
+        /// The stall's number (`StallEntry::seq`).
+        seq: u64,
+        /// How long the worker was stuck in that poll in all, in milliseconds.
+        total_ms: u64,
     },
     /// The agent sent something malformed.
     ProtocolError {

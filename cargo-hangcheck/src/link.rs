@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hangcheck_runtime::protocol::{
     self, AgentMessage, Announcement, Hello, ProtocolError, Recorded, RunnerMessage, Snapshot, Stacks, StacksBudget,
-    Stall, MAX_AGENT_MESSAGE,
+    Stall, StallEnd, MAX_AGENT_MESSAGE,
 };
 
 /// Something the agent said (or that happened to the connection) outside an answer.
@@ -33,6 +33,8 @@ pub enum LinkEvent {
         /// places it on the run's timeline.
         at: Instant,
     },
+    /// A stall reported before is over.
+    StallEnd(StallEnd),
     /// The agent sent something that was not a valid message.
     ProtocolError(String),
     /// The server announced an address no test can be given (see
@@ -213,6 +215,9 @@ impl AgentLink {
                         let at = Instant::now();
                         let file = on_stall(&stall);
                         let _ = event_tx.send(LinkEvent::Stall { stall: Box::new(stall), file, at });
+                    }
+                    Ok(AgentMessage::StallEnd(end)) => {
+                        let _ = event_tx.send(LinkEvent::StallEnd(end));
                     }
                     Ok(msg) => {
                         let _ = answer_tx.send(msg);

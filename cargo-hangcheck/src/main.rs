@@ -44,6 +44,7 @@ mod signal;
 mod stacks;
 mod standing;
 mod suite;
+mod watched;
 
 use clap::Parser;
 use std::panic::AssertUnwindSafe;

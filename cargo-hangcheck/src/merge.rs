@@ -66,10 +66,11 @@ fn weight(v: Verdict) -> u8 {
     match v {
         Verdict::Ok => 0,
         Verdict::Leaks => 1,
-        Verdict::TestsFailed => 2,
-        Verdict::SetupError => 3,
-        Verdict::Hang => 4,
-        Verdict::Interrupted => 5,
+        Verdict::Stalls => 2,
+        Verdict::TestsFailed => 3,
+        Verdict::SetupError => 4,
+        Verdict::Hang => 5,
+        Verdict::Interrupted => 6,
     }
 }
 
@@ -88,6 +89,13 @@ fn merge(reports: Vec<Report>, out: PathBuf) -> Report {
             ShutdownOutcome::Hung => 2,
         })
         .unwrap_or_default();
+    // A shard that failed on stalls says so in its verdict; the merged report keeps the
+    // strictest policy.
+    let stall_verdict = if reports.iter().all(|r| r.stall_verdict == crate::cli::StallVerdict::Warn) {
+        crate::cli::StallVerdict::Warn
+    } else {
+        crate::cli::StallVerdict::Fail
+    };
     let mut merged = Report {
         format_version: report::FORMAT_VERSION,
         hangcheck_version: env!("CARGO_PKG_VERSION").into(),
@@ -102,7 +110,10 @@ fn merge(reports: Vec<Report>, out: PathBuf) -> Report {
         baseline: None,
         final_snapshot: None,
         leaks: Vec::new(),
+        startup: Vec::new(),
         concurrent_ops: Vec::new(),
+        handovers: Vec::new(),
+        stall_verdict,
         slow_ops: Vec::new(),
         counters: Vec::new(),
         stalls: Vec::new(),
@@ -120,6 +131,8 @@ fn merge(reports: Vec<Report>, out: PathBuf) -> Report {
         merged.tests.extend(r.tests);
         merged.leaks.extend(r.leaks);
         merged.concurrent_ops.extend(r.concurrent_ops);
+        merged.handovers.extend(r.handovers);
+        merged.startup.extend(r.startup);
         merged.slow_ops.extend(r.slow_ops);
         merged.stalls.extend(r.stalls);
         merged.shutdown.evidence.extend(r.shutdown.evidence);

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use hangcheck_runtime::protocol::{Snapshot, Stall};
 
-use crate::analysis::{self, Epochs};
+use crate::analysis::{self, Epochs, StartupGrowth};
 use crate::build::{self, Built};
-use crate::cli::{MessageFormat, TestArgs};
+use crate::cli::{MessageFormat, NoTests, TestArgs};
 use crate::config::Config;
 use crate::errors::SetupError;
 use crate::event::Event;
@@ -32,6 +32,7 @@ use crate::settle::{self, SNAPSHOT_TIMEOUT};
 use crate::signal::Signals;
 use crate::stacks;
 use crate::suite::{self, Outcome, Probe, TestCase};
+use crate::watched;
 
 /// Runs `cargo hangcheck test` and returns the exit code.
 pub fn test(args: &TestArgs) -> i32 {
@@ -135,6 +136,7 @@ const EVIDENCE_ROUNDS: u32 = 5;
 impl Run<'_> {
     fn execute(&mut self) -> Result<(), SetupError> {
         let cases = suite::list(&self.config, &self.built, &self.run_dir, &self.signals)?;
+        self.check_selection(&cases)?;
         self.harnesses = Harnesses::new(&cases);
         self.reporters.emit(Event::RunStarted {
             package: &self.config.package,
@@ -142,16 +144,28 @@ impl Run<'_> {
             tokio_unstable: self.built.tokio_unstable,
             run_dir: self.run_dir.path(),
             tests: &cases,
+            watchdog: !self.config.stall_threshold.is_zero(),
+            stall_verdict: self.config.stall_verdict,
         });
-        let server = self.server.insert(Server::start(&self.config, &self.built, &self.run_dir, &self.signals)?);
+        self.server = Some(Server::start(&self.config, &self.built, &self.run_dir, &self.signals)?);
+        let (baseline, startup) = self.quiet_baseline()?;
+        // Announcements made while the server was settling, before the Ready line.
+        self.take_events(None);
+        self.record_snapshot("baseline", None, &baseline)?;
+        let server = self.server.as_ref().expect("the server is started before the baseline");
         self.reporters.emit(Event::ServerReady {
             pid: server.child.pid(),
             capabilities: &server.hello.capabilities,
             addresses: &server.addrs,
             log: &server.log,
+            runtimes: &baseline.runtimes,
         });
-        let baseline = self.snapshot("the baseline")?;
-        self.record_snapshot("baseline", None, &baseline)?;
+        self.reporters.emit(Event::Startup { growth: &startup });
+        match watched::check_runtimes(&baseline) {
+            Ok(Some(warning)) => self.reporters.emit(Event::Warning { message: &warning }),
+            Ok(None) => {}
+            Err(e) => return Err(SetupError::Unwatched(e)),
+        }
         self.reporters.emit(Event::Baseline { snapshot: &baseline });
         self.baseline = Some(baseline.clone());
         self.last = Some(baseline);
@@ -174,7 +188,13 @@ impl Run<'_> {
                 if self.signals.interrupted() {
                     break 'rounds;
                 }
-                let passed = self.run_one(case, self.tests.len() as u64 + 1)?;
+                let epoch = self.tests.len() as u64 + 1;
+                let passed = if suite::runs(case, self.config.run_ignored) {
+                    self.run_one(case, epoch)?
+                } else {
+                    self.skip(case, epoch);
+                    true
+                };
                 if self.config.fail_fast && !passed {
                     self.reporters.emit(Event::Warning { message: "stopping at the first failure (--fail-fast)" });
                     break 'rounds;
@@ -192,6 +212,11 @@ impl Run<'_> {
         self.harnesses.finish(&self.signals);
         if self.signals.interrupted() {
             return Ok(());
+        }
+        let ran: Vec<&TestRecord> = self.tests.iter().filter(|t| t.reached.is_some()).collect();
+        if !ran.is_empty() && ran.iter().all(|t| t.reached == Some(false)) {
+            let vars: Vec<String> = self.server_mut().test_env()?.into_iter().map(|(k, _)| k).collect();
+            return Err(SetupError::Unwatched(watched::none_reached(&vars)));
         }
         let after = self.tests.len() as u64 + 1;
         let _ = self.server_mut().link.set_epoch(after, SNAPSHOT_TIMEOUT);
@@ -214,6 +239,85 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// A selection with no test to run: an error (a typo in a filter must not give a
+    /// green CI) unless `no-tests` says otherwise.
+    fn check_selection(&mut self, cases: &[TestCase]) -> Result<(), SetupError> {
+        if cases.iter().any(|c| suite::runs(c, self.config.run_ignored)) {
+            return Ok(());
+        }
+        let what = if cases.is_empty() {
+            "no test matches the filters".to_owned()
+        } else {
+            format!("every selected test ({}) is #[ignore]d; --run-ignored all runs them", cases.len())
+        };
+        match self.config.no_tests {
+            NoTests::Fail => Err(SetupError::Config(format!(
+                "{what}; check the filters and test targets, or pass --no-tests warn (no-tests = \"warn\")"
+            ))),
+            NoTests::Warn => {
+                let message = format!("{what}; the server is still started, judged and stopped");
+                self.reporters.emit(Event::Warning { message: &message });
+                Ok(())
+            }
+            NoTests::Pass => Ok(()),
+        }
+    }
+
+    /// The baseline, once the server is quiet: after `warmup`, its counts unchanged for
+    /// `baseline-settle`, both within the start-up timeout. What rose meanwhile is
+    /// start-up, listed as such and never blamed on a test.
+    fn quiet_baseline(&mut self) -> Result<(Snapshot, Vec<StartupGrowth>), SetupError> {
+        let ready = self.snapshot("the ready")?;
+        let until = std::time::Instant::now() + self.config.startup_timeout;
+        let warmup_end = std::time::Instant::now() + self.config.warmup;
+        while std::time::Instant::now() < warmup_end.min(until) && !self.signals.interrupted() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let quiet_for = self.config.baseline_settle;
+        let server = self.server.as_mut().expect("the server is started before the baseline");
+        let (baseline, quiet) = settle::quiet(&mut server.link, quiet_for, until, &self.signals)
+            .map_err(|e| server.failure(format!("the agent did not answer the baseline snapshot: {e}")))?;
+        if !quiet {
+            let message = format!(
+                "the server's counts did not stay still for {quiet_for:?} within the start-up timeout; the baseline is taken anyway"
+            );
+            self.reporters.emit(Event::Warning { message: &message });
+        }
+        let startup = analysis::startup_growth(&ready, &baseline);
+        Ok((baseline, startup))
+    }
+
+    /// An ignored test: reported, not run; its epoch stays unused.
+    fn skip(&mut self, case: &TestCase, epoch: u64) {
+        let log = self.run_dir.join(format!(
+            "tests/{}/{}.log",
+            crate::rundir::file_name(&case.target),
+            crate::rundir::file_name(&case.name)
+        ));
+        let run = suite::TestRun {
+            outcome: Outcome::Ignored,
+            duration: Duration::ZERO,
+            log,
+            evidence: Vec::new(),
+            panic: None,
+        };
+        let record = TestRecord {
+            case: case.clone(),
+            epoch,
+            run,
+            snapshot: None,
+            stacks_source: None,
+            lingering: Vec::new(),
+            settle: Duration::ZERO,
+            waiting: Vec::new(),
+            blocked_threads: Vec::new(),
+            last_events: Vec::new(),
+            reached: None,
+        };
+        self.reporters.emit(Event::TestFinished { record: &record });
+        self.tests.push(record);
+    }
+
     /// Runs one test in epoch `epoch`, then settles and snapshots; says whether it passed.
     fn run_one(&mut self, case: &TestCase, epoch: u64) -> Result<bool, SetupError> {
         let id = case.id();
@@ -228,6 +332,9 @@ impl Run<'_> {
         let server = self.server.as_mut().expect("the server is started before any test");
         let mut env = server.test_env()?;
         env.push(("HANGCHECK_SERVER_PID".to_owned(), server.child.pid().to_string()));
+        let ports: Vec<u16> =
+            server.addrs.values().filter_map(|a| a.parse::<std::net::SocketAddr>().ok()).map(|a| a.port()).collect();
+        let connections_before = watched::tcp_connections(&ports);
         let last_asked = self.last.clone().unwrap_or_default();
         let mut probe = ServerProbe {
             server,
@@ -269,8 +376,14 @@ impl Run<'_> {
             waiting: hang_found.waiting,
             blocked_threads: hang_found.blocked_threads,
             last_events: hang_found.last_events,
+            reached: None,
         };
         let outcome = self.after_test(&mut record);
+        if record.reached == Some(false) {
+            // A server that answers in its accept loop spawns nothing: the kernel saw the
+            // connection all the same.
+            record.reached = Some(!watched::tcp_connections(&ports).is_subset(&connections_before));
+        }
         self.take_events(Some(&id));
         self.reporters.emit(Event::TestFinished { record: &record });
         if let Some(s) = &record.snapshot {
@@ -294,6 +407,7 @@ impl Run<'_> {
         record.settle = started.elapsed();
         self.record_snapshot(&id, Some(record.epoch), &snapshot)?;
         record.lingering = analysis::lingering(&snapshot, record.epoch);
+        record.reached = Some(watched::reached(&previous, &snapshot, self.built.tokio_unstable));
         record.snapshot = Some(snapshot);
         Ok(())
     }
@@ -336,6 +450,9 @@ impl Run<'_> {
         for (stall, file, at) in events.stalls {
             let entry = stall_entry(&stall, file, at, &names);
             self.reporters.emit(Event::Stall { stall: &entry });
+        }
+        for end in events.stall_ends {
+            self.reporters.emit(Event::StallEnded { seq: end.seq, total_ms: end.total_ms });
         }
     }
 
@@ -527,6 +644,9 @@ fn stall_entry(stall: &Stall, file: Option<PathBuf>, at: std::time::Instant, nam
         task: stall.task.clone(),
         blocked_in: crate::culprit::in_frames(&stall.stack.frames),
         note: stall.stack.note.clone(),
+        seq: stall.seq,
+        total_ms: None,
+        still_stuck_at_test_end: false,
         file,
         frames: stall.stack.frames.clone(),
         caught_at: Some(at),

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hangcheck_runtime::protocol::{
-    Announcement, Hello, Stall, POLL_STATS_ENV, RECORDER_EVENTS_ENV, SOCKET_ENV, STALL_THRESHOLD_ENV,
+    Announcement, Hello, Stall, StallEnd, OVERLAP_GRACE_ENV, POLL_STATS_ENV, RECORDER_EVENTS_ENV, SOCKET_ENV,
+    STALL_THRESHOLD_ENV,
 };
 
 use crate::build::Built;
@@ -51,6 +52,8 @@ pub struct Server {
 pub struct Events {
     /// Stalls, each with the file it was written to and when it arrived.
     pub stalls: Vec<(Stall, Option<PathBuf>, Instant)>,
+    /// Stalls that ended, with their whole length.
+    pub stall_ends: Vec<StallEnd>,
     /// Messages that were not valid protocol.
     pub protocol_errors: Vec<String>,
 }
@@ -104,6 +107,7 @@ impl Server {
             .env(SOCKET_ENV, listener.path())
             .env(crate::leftovers::STARTED_BY_ENV, crate::leftovers::SERVER)
             .env(STALL_THRESHOLD_ENV, config.stall_threshold.as_millis().to_string())
+            .env(OVERLAP_GRACE_ENV, config.overlap_grace.as_millis().to_string())
             .env(POLL_STATS_ENV, if config.poll_stats { "1" } else { "0" })
             .env(RECORDER_EVENTS_ENV, config.recorder_events.to_string())
             .current_dir(&config.package_dir)
@@ -164,6 +168,7 @@ impl Server {
                         addrs.insert(a.name, a.addr);
                     }
                     Some(LinkEvent::Stall { stall, file, at }) => early.stalls.push((*stall, file, at)),
+                    Some(LinkEvent::StallEnd(end)) => early.stall_ends.push(end),
                     Some(LinkEvent::Closed) => {
                         let why = child
                             .try_wait()
@@ -216,6 +221,7 @@ impl Server {
                     self.addrs.insert(name, addr);
                 }
                 LinkEvent::Stall { stall, file, at } => events.stalls.push((*stall, file, at)),
+                LinkEvent::StallEnd(end) => events.stall_ends.push(end),
                 LinkEvent::ProtocolError(e) => events.protocol_errors.push(e),
                 LinkEvent::BadAnnouncement(why) => {
                     events.protocol_errors.push(why.clone());

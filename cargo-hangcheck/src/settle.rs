@@ -35,3 +35,29 @@ pub fn settle(
         pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
+
+/// Snapshots until the server is quiet: every judged measure unchanged for `quiet`,
+/// or `until` has passed. Returns the last snapshot and whether it was quiet.
+pub fn quiet(
+    link: &mut AgentLink,
+    quiet: Duration,
+    until: Instant,
+    signals: &Signals,
+) -> Result<(Snapshot, bool), LinkError> {
+    let mut last = link.snapshot(SNAPSHOT_TIMEOUT)?;
+    let mut since = Instant::now();
+    loop {
+        if since.elapsed() >= quiet {
+            return Ok((last, true));
+        }
+        if Instant::now() >= until || signals.interrupted() {
+            return Ok((last, false));
+        }
+        std::thread::sleep(Duration::from_millis(25).min(quiet));
+        let now = link.snapshot(SNAPSHOT_TIMEOUT)?;
+        if !analysis::same_measures(&now, &last) {
+            since = Instant::now();
+        }
+        last = now;
+    }
+}

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use hangcheck_runtime::protocol::{HARNESS_MARKER, HARNESS_PROBE_ENV};
 
 use crate::build::Built;
+use crate::cli::RunIgnored;
 use crate::config::Config;
 use crate::errors::SetupError;
 use crate::process::{describe, GroupChild, Wait};
@@ -38,6 +39,8 @@ pub struct TestCase {
     pub in_process: bool,
     /// With rounds (`--repeat` …), the round it runs in, 1-based; 0 without.
     pub round: u32,
+    /// Marked `#[ignore]`: reported as ignored unless `--run-ignored` runs it.
+    pub ignored: bool,
 }
 
 impl TestCase {
@@ -60,6 +63,8 @@ pub enum Outcome {
     SpawnFailed(String),
     /// The runner was interrupted while the test ran.
     Interrupted,
+    /// `#[ignore]`d and not run (`--run-ignored` runs it).
+    Ignored,
 }
 
 /// A finished test.
@@ -77,46 +82,27 @@ pub struct TestRun {
     pub panic: Option<crate::libtest::Panic>,
 }
 
-/// Lists the tests of every built test target, keeping those that match a filter.
+/// Lists the tests of every built test target, keeping those that match a filter, each
+/// marked ignored or not (libtest's `--list --ignored` names the ignored ones). With
+/// [`RunIgnored::Only`] the tests that are not ignored are left out, as nextest does.
 pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals) -> Result<Vec<TestCase>, SetupError> {
     let mut cases = Vec::new();
     for (target, exe) in &built.tests {
-        let (out, out_path) =
-            run_dir.log_file(format!("tests/{target}.list")).map_err(SetupError::io("cannot create a log file"))?;
-        let mut cmd = Command::new(exe);
-        cmd.args(["--list", "--format", "terse"])
-            .env(HARNESS_PROBE_ENV, "1")
-            .current_dir(&config.package_dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(Stdio::null());
-        let mut child = GroupChild::spawn(&mut cmd).map_err(SetupError::io(format!("cannot run {}", exe.display())))?;
-        match child.wait_until(Instant::now() + LIST_TIMEOUT, signals) {
-            Wait::Exited(status) if status.success() => {}
-            Wait::Exited(status) => {
-                return Err(SetupError::Config(format!(
-                    "listing the tests of `{target}` failed ({}); is it a libtest harness?",
-                    describe(status)
-                )))
-            }
-            Wait::TimedOut => {
-                return Err(SetupError::Config(format!("listing the tests of `{target}` took over {LIST_TIMEOUT:?}")))
-            }
-            Wait::Interrupted => return Err(SetupError::Interrupted),
-        }
-        let listing = std::fs::read_to_string(&out_path).map_err(SetupError::io("cannot read a test listing"))?;
-        let in_process = listing.lines().next().is_some_and(|l| l.split(' ').next() == Some(HARNESS_MARKER));
-        let selected = listing
-            .lines()
-            .filter_map(|line| line.strip_suffix(": test"))
-            .filter(|name| config.filters.is_empty() || config.filters.iter().any(|f| name.contains(f.as_str())))
-            .map(|name| TestCase {
+        let (all, in_process) = list_one(config, target, exe, false, run_dir, signals)?;
+        // A harness leaves its ignored trials out of what it lists for the runner.
+        let ignored = if in_process { Vec::new() } else { list_one(config, target, exe, true, run_dir, signals)?.0 };
+        let selected = all.into_iter().filter_map(|name| {
+            let ignored = ignored.contains(&name);
+            let wanted = config.filters.is_empty() || config.filters.iter().any(|f| name.contains(f.as_str()));
+            (wanted && (ignored || config.run_ignored != RunIgnored::Only)).then(|| TestCase {
                 target: target.clone(),
-                name: name.to_owned(),
+                name,
                 exe: exe.clone(),
                 in_process,
+                ignored,
                 round: 0,
-            });
+            })
+        });
         // The shard is dealt per test target, after the filters, as nextest does.
         cases.extend(
             selected
@@ -126,6 +112,50 @@ pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals)
         );
     }
     Ok(cases)
+}
+
+/// The test names one binary lists (only the ignored ones with `ignored`), and whether
+/// it is a hangcheck harness (its tests run in one process).
+fn list_one(
+    config: &Config,
+    target: &str,
+    exe: &std::path::Path,
+    ignored: bool,
+    run_dir: &RunDir,
+    signals: &Signals,
+) -> Result<(Vec<String>, bool), SetupError> {
+    let log = format!("tests/{target}{}.list", if ignored { ".ignored" } else { "" });
+    let (out, out_path) = run_dir.log_file(&log).map_err(SetupError::io("cannot create a log file"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["--list", "--format", "terse"])
+        .args(ignored.then_some("--ignored"))
+        .env(HARNESS_PROBE_ENV, "1")
+        .current_dir(&config.package_dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::null());
+    let mut child = GroupChild::spawn(&mut cmd).map_err(SetupError::io(format!("cannot run {}", exe.display())))?;
+    match child.wait_until(Instant::now() + LIST_TIMEOUT, signals) {
+        Wait::Exited(status) if status.success() => {}
+        Wait::Exited(status) => {
+            return Err(SetupError::Config(format!(
+                "listing the tests of `{target}` failed ({}); is it a libtest harness?",
+                describe(status)
+            )))
+        }
+        Wait::TimedOut => {
+            return Err(SetupError::Config(format!("listing the tests of `{target}` took over {LIST_TIMEOUT:?}")))
+        }
+        Wait::Interrupted => return Err(SetupError::Interrupted),
+    }
+    let listing = std::fs::read_to_string(&out_path).map_err(SetupError::io("cannot read a test listing"))?;
+    let in_process = listing.lines().next().is_some_and(|l| l.split(' ').next() == Some(HARNESS_MARKER));
+    Ok((listing.lines().filter_map(|l| l.strip_suffix(": test")).map(str::to_owned).collect(), in_process))
+}
+
+/// Whether a case runs: ignored ones only with `--run-ignored only|all`.
+pub fn runs(case: &TestCase, run_ignored: RunIgnored) -> bool {
+    !case.ignored || run_ignored != RunIgnored::Default
 }
 
 /// What running a test asks of the rest of the run.
@@ -164,6 +194,7 @@ pub fn run(
     };
     let mut cmd = Command::new(&case.exe);
     cmd.args([case.name.as_str(), "--exact", "--nocapture", "--test-threads", "1"])
+        .args(case.ignored.then_some("--ignored"))
         .current_dir(&config.package_dir)
         .env("CARGO_MANIFEST_DIR", &config.package_dir)
         .env(crate::leftovers::STARTED_BY_ENV, case.id())

@@ -14,10 +14,8 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use tokio::runtime::Handle;
-
 use crate::protocol::{
-    self, AgentMessage, Hello, ProtocolError, RunnerMessage, RuntimeStats, Snapshot, Stacks, StacksBudget, Stall,
+    self, AgentMessage, Hello, ProtocolError, RunnerMessage, Snapshot, Stacks, StacksBudget, Stall, StallEnd,
     MAX_AGENT_MESSAGE, MAX_RUNNER_MESSAGE, SOCKET_ENV, VERSION,
 };
 use crate::registry::Registry;
@@ -35,7 +33,6 @@ pub(crate) struct Agent {
     pub(crate) registry: Registry,
     watchdog: Watchdog,
     events: Mutex<Sender<AgentMessage>>,
-    runtime: OnceLock<Handle>,
 }
 
 static AGENT: OnceLock<Option<&'static Agent>> = OnceLock::new();
@@ -56,7 +53,6 @@ fn start() -> Option<&'static Agent> {
         registry: Registry::new(),
         watchdog: Watchdog::from_env(),
         events: Mutex::new(tx),
-        runtime: OnceLock::new(),
     }));
     let spawned = std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || {
         if let Err(e) = serve(agent, &path, rx) {
@@ -71,23 +67,6 @@ fn start() -> Option<&'static Agent> {
 }
 
 impl Agent {
-    /// Remembers the runtime of the calling thread, if the agent knows none yet: cheap to
-    /// call on every spawn, since it asks tokio only until a runtime is known.
-    pub(crate) fn attach_current_runtime(&self) {
-        if self.runtime.get().is_none() {
-            if let Ok(handle) = Handle::try_current() {
-                self.attach_runtime(&handle);
-            }
-        }
-    }
-
-    /// Remembers the runtime whose metrics snapshots report; the first one wins.
-    pub(crate) fn attach_runtime(&self, handle: &Handle) {
-        if self.runtime.get().is_none() {
-            let _ = self.runtime.set(handle.clone());
-        }
-    }
-
     /// Hands a message to the agent thread to send.
     pub(crate) fn send_event(&self, msg: AgentMessage) {
         // The receiver is gone only when the connection is over; nothing to tell then.
@@ -96,24 +75,21 @@ impl Agent {
 
     fn snapshot(&self) -> Snapshot {
         let registry = &self.registry;
+        let runtimes = crate::runtimes::infos();
         let mut snapshot = Snapshot {
             epoch: registry.epoch(),
             uptime_ms: registry.uptime_ms(),
             groups: registry.group_stats(),
             counters: registry.counter_values(),
             gauges: registry.gauge_values(),
-            runtime: self.runtime.get().map(|h| {
-                let m = h.metrics();
-                RuntimeStats {
-                    workers: m.num_workers() as u64,
-                    alive_tasks: m.num_alive_tasks() as u64,
-                    global_queue_depth: m.global_queue_depth() as u64,
-                }
-            }),
+            runtime: runtimes.iter().find_map(|r| r.stats.clone()),
             process: process_facts::read(),
             stalls: self.watchdog.count(),
             ops: registry.ops.stats(),
             notes: Vec::new(),
+            runtimes,
+            uninstrumented_runtimes: crate::runtimes::foreign_count(),
+            worker_activity: crate::watchdog::activity(),
         };
         snapshot.fold();
         snapshot
@@ -147,7 +123,8 @@ impl Agent {
                 // Thread stacks first: they come back even from a frozen runtime.
                 let mut stacks = stacks::all();
                 let budget = budget.unwrap_or(StacksBudget::DEFAULT);
-                stacks.tasks = Some(taskdump::dump(self.runtime.get(), self.watchdog.stuck(), budget));
+                stacks.tasks =
+                    Some(taskdump::dump(crate::runtimes::first_handle().as_ref(), self.watchdog.stuck(), budget));
                 fit(&mut stacks);
                 AgentMessage::Stacks { id, stacks }
             }
@@ -179,13 +156,15 @@ fn fit(stacks: &mut Stacks) {
     }
 }
 
+/// What the agent can do whatever the server does. What depends on the server (hooks
+/// on its runtimes, the watchdog) is not claimed here: snapshots report it as facts.
 fn capabilities() -> Vec<String> {
-    let mut caps = vec!["snapshot".to_owned(), "epoch".to_owned(), "stacks".to_owned(), "stall-watchdog".to_owned()];
+    let mut caps = vec!["snapshot".to_owned(), "epoch".to_owned(), "stacks".to_owned()];
     if crate::recorder::capacity() > 0 {
         caps.push("recorder".to_owned());
     }
     if cfg!(tokio_unstable) {
-        caps.extend(["tokio-unstable", "task-hooks", "poll-hooks"].map(str::to_owned));
+        caps.push("tokio-unstable".to_owned());
     }
     caps
 }
@@ -224,6 +203,10 @@ fn serve(agent: &'static Agent, path: &std::ffi::OsStr, events: Receiver<AgentMe
         }
         for stall in agent.stalls() {
             protocol::write_message(&mut writer, &AgentMessage::Stall(stall))?;
+        }
+        for ended in agent.watchdog.ended() {
+            let end = StallEnd { seq: ended.seq, total_ms: ended.total_ms };
+            protocol::write_message(&mut writer, &AgentMessage::StallEnd(end))?;
         }
         match protocol::read_message::<_, RunnerMessage>(&mut reader, &mut buf, MAX_RUNNER_MESSAGE) {
             Ok(request) => protocol::write_message(&mut writer, &agent.answer(request))?,

@@ -16,20 +16,34 @@
 use tokio::runtime::Builder;
 
 use crate::agent::Agent;
+use crate::runtimes::{Hook, Runtime};
 
 #[cfg(tokio_unstable)]
 pub(crate) use unstable::{describe_task, task_id, NamedSpawn};
 
-/// Installs the hooks this build of tokio offers.
-pub(crate) fn install(builder: &mut Builder, agent: &'static Agent) {
+/// Installs the hooks this build of tokio offers and records the runtime about to be
+/// built, named `label` (else after the building thread).
+pub(crate) fn install(builder: &mut Builder, agent: &'static Agent, label: Option<&str>) {
     #[cfg(tokio_unstable)]
-    unstable::install(builder, agent);
+    let hooks = vec![Hook::TaskSpawn, Hook::TaskPoll, Hook::ThreadStart];
+    #[cfg(not(tokio_unstable))]
+    let hooks = vec![Hook::ThreadPark, Hook::ThreadStart];
+    let runtime = Runtime::register(label, hooks);
+    builder.on_thread_start(move || runtime.thread_started()).on_thread_stop(move || runtime.thread_stopped());
+    #[cfg(tokio_unstable)]
+    unstable::install(builder, agent, runtime);
     #[cfg(not(tokio_unstable))]
     {
         let _ = agent;
-        builder.on_thread_unpark(|| crate::watchdog::busy(0)).on_thread_park(|| {
-            crate::watchdog::idle();
-        });
+        builder
+            .on_thread_unpark(move || {
+                runtime.fired(Hook::ThreadPark);
+                runtime.learn_handle();
+                crate::watchdog::busy(0)
+            })
+            .on_thread_park(|| {
+                crate::watchdog::idle();
+            });
     }
 }
 
@@ -45,6 +59,7 @@ mod unstable {
     use crate::protocol::RecordedKind;
     use crate::recorder;
     use crate::registry::{Group, IntHash, TaskGuard};
+    use crate::runtimes::{Hook, Runtime};
     use crate::watchdog;
 
     /// What the hooks know about a live task.
@@ -101,9 +116,12 @@ mod unstable {
         LIVE[(id as usize) % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(super) fn install(builder: &mut Builder, agent: &'static Agent) {
+    pub(super) fn install(builder: &mut Builder, agent: &'static Agent, runtime: &'static Runtime) {
         builder
             .on_task_spawn(move |meta| {
+                runtime.fired(Hook::TaskSpawn);
+                // A current-thread runtime has no threads of its own to learn it from.
+                runtime.learn_handle();
                 let id = id_of(meta);
                 let named = NAMED.with(|n| {
                     let group = n.take();
@@ -128,7 +146,10 @@ mod unstable {
                 }
                 drop(removed);
             })
-            .on_before_task_poll(|meta| watchdog::busy(id_of(meta)));
+            .on_before_task_poll(move |meta| {
+                runtime.fired(Hook::TaskPoll);
+                watchdog::busy(id_of(meta))
+            });
         if let Some(seed) = crate::chaos::seed() {
             // Said in the server's log, so that a reader of it knows its timing was perturbed.
             eprintln!("hangcheck: --chaos={seed}: delays and yields before polls, tokio's RNG seeded");
@@ -137,6 +158,7 @@ mod unstable {
                     // The delay comes before the poll begins: the watchdog does not see it
                     // as the task's.
                     crate::chaos::perturb(seed);
+                    runtime.fired(Hook::TaskPoll);
                     watchdog::busy(id_of(meta));
                 },
             );

@@ -50,6 +50,8 @@ mod recorder;
 #[cfg(feature = "agent")]
 mod registry;
 #[cfg(feature = "agent")]
+mod runtimes;
+#[cfg(feature = "agent")]
 mod stacks;
 #[cfg(feature = "agent")]
 mod taskdump;
@@ -101,9 +103,32 @@ mod api {
     /// spawn/terminate and poll hooks, which count every task by spawn location and name
     /// the task a stalled worker is polling. tokio keeps one hook of each kind: set your
     /// own hooks after this call if you need them (they then replace hangcheck's).
+    ///
+    /// The runner's report lists every runtime built through here by the name of the
+    /// thread that built it; [`instrument_named`] gives it a name of your choosing.
     pub fn instrument(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
         if let Some(agent) = agent::get() {
-            crate::hooks::install(builder, agent);
+            crate::hooks::install(builder, agent, None);
+        }
+        builder
+    }
+
+    /// [`instrument`], with the name the runner's report gives this runtime (a server
+    /// with a runtime per listener names each).
+    ///
+    /// ```
+    /// let mut builder = tokio::runtime::Builder::new_current_thread();
+    /// builder.enable_all();
+    /// hangcheck_runtime::instrument_named(&mut builder, "admin");
+    /// let runtime = builder.build().unwrap();
+    /// runtime.block_on(async { /* serve the admin console */ });
+    /// ```
+    pub fn instrument_named<'b>(
+        builder: &'b mut tokio::runtime::Builder,
+        name: &str,
+    ) -> &'b mut tokio::runtime::Builder {
+        if let Some(agent) = agent::get() {
+            crate::hooks::install(builder, agent, Some(name));
         }
         builder
     }
@@ -141,7 +166,7 @@ mod api {
         let Some(agent) = agent::get() else {
             return tokio::spawn(future);
         };
-        agent.attach_current_runtime();
+        crate::runtimes::note_current();
         let group = agent.registry.named_group(name, Location::caller());
         let guard = agent.registry.born_into(Arc::clone(&group));
         // Tells tokio's spawn hook (tokio_unstable) that this task is counted by name.
@@ -166,7 +191,7 @@ mod api {
     /// ```
     pub fn announce(name: &str, addr: impl std::fmt::Display) {
         let Some(agent) = agent::get() else { return };
-        agent.attach_current_runtime();
+        crate::runtimes::note_current();
         let announcement = Announcement { name: name.to_owned(), addr: addr.to_string() };
         agent.registry.announce(announcement.clone());
         agent.send_event(AgentMessage::Announce(announcement));
@@ -345,8 +370,8 @@ pub mod __private {
     /// Called by `#[hangcheck_runtime::main]` once the runtime is built, so that
     /// snapshots carry its metrics from the start.
     pub fn runtime_built(handle: &tokio::runtime::Handle) {
-        if let Some(agent) = crate::agent::get() {
-            agent.attach_runtime(handle);
+        if crate::agent::get().is_some() {
+            crate::runtimes::built(handle);
         }
     }
 }

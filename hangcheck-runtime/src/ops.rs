@@ -4,9 +4,14 @@
 //! Two questions matter and counts alone cannot answer them: is an operation still in
 //! flight after the test that began it ended, and were two in flight for the same key at
 //! once (a new stream started before the old one was cancelled)? The second is often
-//! brief, gone by the time anyone looks, so it is caught when it happens: starting an
-//! operation checks for one already in flight with the same key, and records the overlap
-//! with the epoch it happened in.
+//! brief, gone by the time anyone looks, so it is watched when it happens: starting an
+//! operation next to one in flight with the same key opens an overlap, and the overlap is
+//! judged by how long it lasts and how it ends. A correct handover — the new stream
+//! starts, tells the old one to stop, and the old one ends a few milliseconds later —
+//! closes within the grace (`HANGCHECK_OVERLAP_GRACE_MS`, 100 ms by default) with the old
+//! one ending, and is only counted. One that lasts longer, or that ends with the *new*
+//! one finishing while the old one runs on, is recorded with its length and the epoch it
+//! began in; one still open past the grace is reported open.
 //!
 //! Keys are hashed before they are stored (a stable 64-bit SipHash, shown as `#` and 16
 //! hex digits), so snapshots carry no user data; [`op_plain`](crate::op_plain) opts out.
@@ -26,6 +31,17 @@ use crate::recorder::{self, NameKind};
 /// How many distinct overlapping keys a kind remembers.
 const MAX_OVERLAPS: usize = 64;
 
+/// An overlap shorter than this is a handover, not a finding (the runner passes its
+/// `overlap-grace`).
+const DEFAULT_GRACE: Duration = Duration::from_millis(100);
+
+fn grace_from_env() -> Duration {
+    std::env::var(crate::protocol::OVERLAP_GRACE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(DEFAULT_GRACE, Duration::from_millis)
+}
+
 /// One in-flight operation.
 struct Record {
     key: String,
@@ -39,6 +55,7 @@ pub(crate) struct OpKind {
     name: String,
     /// The kind's name's number in the flight recorder.
     recorder_name: u32,
+    grace: Duration,
     started: AtomicU64,
     finished: AtomicU64,
     slow_finished: AtomicU64,
@@ -48,17 +65,46 @@ pub(crate) struct OpKind {
 #[derive(Default)]
 struct KindState {
     live: Slab<Record>,
-    /// In-flight count per key.
-    per_key: HashMap<String, u64>,
-    /// Overlaps by key: (how many were in flight at worst, the epochs they happened in).
-    overlaps: BTreeMap<String, (u64, Vec<u64>)>,
+    /// In-flight operations per key.
+    per_key: HashMap<String, KeyState>,
+    /// Overlaps that lasted longer than the grace, by key.
+    overlaps: BTreeMap<String, Recorded>,
     overlap_events: u64,
+    handovers: u64,
+    longest_handover: Duration,
+}
+
+/// One key's operations in flight.
+#[derive(Default)]
+struct KeyState {
+    in_flight: u64,
+    /// When the newest of them started.
+    newest: Option<Instant>,
+    /// While two or more are in flight: since when, in which epoch, and the most at once.
+    open: Option<(Instant, u64, u64)>,
+    /// During the open overlap, the newest operation ended while an older one ran on:
+    /// the older one was never stopped, so this is no handover.
+    newest_ended_first: bool,
+}
+
+/// A key's overlaps past the grace.
+#[derive(Default)]
+struct Recorded {
+    max_in_flight: u64,
+    epochs: Vec<u64>,
+    longest: Duration,
 }
 
 /// The registry of operation kinds.
-#[derive(Default)]
 pub(crate) struct Ops {
     kinds: Mutex<BTreeMap<String, Arc<OpKind>>>,
+    grace: Duration,
+}
+
+impl Default for Ops {
+    fn default() -> Ops {
+        Ops { kinds: Mutex::default(), grace: grace_from_env() }
+    }
 }
 
 /// The guard of an in-flight operation; see [`crate::op`].
@@ -90,6 +136,7 @@ impl Ops {
             Arc::new(OpKind {
                 name: name.to_owned(),
                 recorder_name: recorder::intern(NameKind::Op, name, None),
+                grace: self.grace,
                 started: AtomicU64::new(0),
                 finished: AtomicU64::new(0),
                 slow_finished: AtomicU64::new(0),
@@ -98,27 +145,23 @@ impl Ops {
         }))
     }
 
-    /// Starts an operation; records an overlap if one with the same key is in flight.
+    /// Starts an operation; opens an overlap if one with the same key is in flight.
     pub(crate) fn start(&self, kind: &str, key: String, epoch: u64) -> OpGuard {
         let kind = self.kind(kind);
         kind.started.fetch_add(1, Ordering::Relaxed);
         recorder::record(RecordedKind::OpStart, kind.recorder_name, recorder::current_task(), recorder::key_hash(&key));
         let mut state = lock(&kind.state);
-        let in_flight = state.per_key.entry(key.clone()).or_default();
-        *in_flight += 1;
-        let now_in_flight = *in_flight;
-        if now_in_flight >= 2 {
+        let now = Instant::now();
+        let entry = state.per_key.entry(key.clone()).or_default();
+        entry.in_flight += 1;
+        entry.newest = Some(now);
+        let in_flight = entry.in_flight;
+        if in_flight >= 2 {
+            let open = entry.open.get_or_insert((now, epoch, 0));
+            open.2 = open.2.max(in_flight);
             state.overlap_events += 1;
-            let known = state.overlaps.contains_key(&key);
-            if known || state.overlaps.len() < MAX_OVERLAPS {
-                let entry = state.overlaps.entry(key.clone()).or_insert((0, Vec::new()));
-                entry.0 = entry.0.max(now_in_flight);
-                if !entry.1.contains(&epoch) {
-                    entry.1.push(epoch);
-                }
-            }
         }
-        let slot = state.live.insert(Record { key, born: Instant::now(), epoch, budget: None });
+        let slot = state.live.insert(Record { key, born: now, epoch, budget: None });
         drop(state);
         OpGuard { kind, slot }
     }
@@ -134,6 +177,44 @@ impl Ops {
 impl OpKind {
     fn stats(&self, now: Instant) -> OpStats {
         let state = lock(&self.state);
+        let mut overlaps: Vec<Overlap> = state
+            .overlaps
+            .iter()
+            .map(|(key, r)| Overlap {
+                key: key.clone(),
+                max_in_flight: r.max_in_flight,
+                epochs: r.epochs.clone(),
+                longest_ms: r.longest.as_millis() as u64,
+                open_ms: None,
+            })
+            .collect();
+        // Overlaps still open past the grace are findings already; younger ones may yet
+        // turn out to be handovers.
+        for (key, k) in &state.per_key {
+            let Some((since, epoch, max)) = k.open else { continue };
+            let age = now.saturating_duration_since(since);
+            if age <= self.grace {
+                continue;
+            }
+            let full = overlaps.len() >= MAX_OVERLAPS;
+            match overlaps.iter_mut().find(|o| &o.key == key) {
+                Some(o) => {
+                    o.max_in_flight = o.max_in_flight.max(max);
+                    if !o.epochs.contains(&epoch) {
+                        o.epochs.push(epoch);
+                    }
+                    o.open_ms = Some(age.as_millis() as u64);
+                }
+                None if !full => overlaps.push(Overlap {
+                    key: key.clone(),
+                    max_in_flight: max,
+                    epochs: vec![epoch],
+                    longest_ms: 0,
+                    open_ms: Some(age.as_millis() as u64),
+                }),
+                None => {}
+            }
+        }
         let mut by_epoch: BTreeMap<u64, u64> = BTreeMap::new();
         let mut oldest: Option<Instant> = None;
         let mut slow = 0;
@@ -154,11 +235,10 @@ impl OpKind {
             slow_in_flight: slow,
             slow_finished: self.slow_finished.load(Ordering::Relaxed),
             overlap_events: state.overlap_events,
-            overlaps: state
-                .overlaps
-                .iter()
-                .map(|(key, (max, epochs))| Overlap { key: key.clone(), max_in_flight: *max, epochs: epochs.clone() })
-                .collect(),
+            overlaps,
+            handovers: state.handovers,
+            longest_handover_ms: state.longest_handover.as_millis() as u64,
+            overlap_grace_ms: self.grace.as_millis() as u64,
         }
     }
 }
@@ -176,10 +256,33 @@ impl Drop for OpGuard {
     fn drop(&mut self) {
         let mut state = lock(&self.kind.state);
         let Some(r) = state.live.try_remove(self.slot) else { return };
-        if let Some(n) = state.per_key.get_mut(&r.key) {
-            *n -= 1;
-            if *n == 0 {
+        let mut closed = None;
+        if let Some(k) = state.per_key.get_mut(&r.key) {
+            k.in_flight -= 1;
+            if k.open.is_some() && k.newest == Some(r.born) {
+                k.newest_ended_first = true;
+            }
+            if k.in_flight <= 1 {
+                closed = k.open.take().map(|open| (open, std::mem::take(&mut k.newest_ended_first)));
+            }
+            if k.in_flight == 0 {
                 state.per_key.remove(&r.key);
+            }
+        }
+        if let Some(((since, epoch, max), newest_ended_first)) = closed {
+            let lasted = since.elapsed();
+            // A handover ends with the older operations going away and the newest one
+            // left running. When the newest ends first, an older one was never stopped.
+            if !newest_ended_first && lasted <= self.kind.grace {
+                state.handovers += 1;
+                state.longest_handover = state.longest_handover.max(lasted);
+            } else if state.overlaps.contains_key(&r.key) || state.overlaps.len() < MAX_OVERLAPS {
+                let recorded = state.overlaps.entry(r.key.clone()).or_default();
+                recorded.max_in_flight = recorded.max_in_flight.max(max);
+                recorded.longest = recorded.longest.max(lasted);
+                if !recorded.epochs.contains(&epoch) {
+                    recorded.epochs.push(epoch);
+                }
             }
         }
         drop(state);
@@ -196,12 +299,17 @@ impl Drop for OpGuard {
 mod tests {
     use super::*;
 
+    fn with_grace(grace: Duration) -> Ops {
+        Ops { kinds: Mutex::default(), grace }
+    }
+
     #[test]
-    fn an_overlap_is_recorded_when_it_happens_even_if_it_is_gone_by_the_snapshot() {
-        let ops = Ops::default();
+    fn an_overlap_past_the_grace_is_recorded_even_if_it_is_gone_by_the_snapshot() {
+        let ops = with_grace(Duration::ZERO);
         let first = ops.start("stream", key_of("session-1", false), 3);
         let second = ops.start("stream", key_of("session-1", false), 3);
         let _other = ops.start("stream", key_of("session-2", false), 3);
+        std::thread::sleep(Duration::from_millis(2));
         drop(first);
         drop(second);
         let stats = &ops.stats()[0];
@@ -210,7 +318,52 @@ mod tests {
         assert_eq!(stats.overlaps.len(), 1);
         let overlap = &stats.overlaps[0];
         assert_eq!((overlap.max_in_flight, overlap.epochs.clone()), (2, vec![3]));
+        assert!(overlap.longest_ms >= 2 && overlap.open_ms.is_none(), "{overlap:?}");
         assert!(overlap.key.starts_with('#') && !overlap.key.contains("session"), "{}", overlap.key);
+    }
+
+    #[test]
+    fn an_overlap_within_the_grace_is_a_handover_and_an_open_one_past_it_is_reported_open() {
+        let ops = with_grace(Duration::from_secs(3600));
+        let old = ops.start("stream", "s".into(), 1);
+        std::thread::sleep(Duration::from_millis(1));
+        let new = ops.start("stream", "s".into(), 1);
+        drop(old);
+        let stats = &ops.stats()[0];
+        assert!(stats.overlaps.is_empty(), "{stats:?}");
+        assert_eq!(stats.handovers, 1);
+        drop(new);
+
+        // Chained handovers (three in flight at once, the older two told to stop) are
+        // handovers too.
+        let a = ops.start("stream", "u".into(), 3);
+        std::thread::sleep(Duration::from_millis(1));
+        let b = ops.start("stream", "u".into(), 3);
+        std::thread::sleep(Duration::from_millis(1));
+        let c = ops.start("stream", "u".into(), 3);
+        drop(b);
+        drop(a);
+        assert!(ops.stats()[0].overlaps.is_empty());
+        assert_eq!(ops.stats()[0].handovers, 2);
+        drop(c);
+
+        // The new one ending first leaves the old one running: never a handover.
+        let old = ops.start("stream", "t".into(), 2);
+        std::thread::sleep(Duration::from_millis(1));
+        drop(ops.start("stream", "t".into(), 2));
+        let stats = &ops.stats()[0];
+        assert_eq!(stats.overlaps.len(), 1, "{stats:?}");
+        assert_eq!(stats.overlaps[0].epochs, vec![2]);
+        drop(old);
+
+        let ops = with_grace(Duration::ZERO);
+        let _a = ops.start("stream", "s".into(), 4);
+        let _b = ops.start("stream", "s".into(), 4);
+        std::thread::sleep(Duration::from_millis(2));
+        let stats = &ops.stats()[0];
+        assert_eq!(stats.overlaps.len(), 1);
+        assert!(stats.overlaps[0].open_ms.is_some_and(|ms| ms >= 2), "{stats:?}");
+        assert_eq!(stats.overlaps[0].epochs, vec![4]);
     }
 
     #[test]

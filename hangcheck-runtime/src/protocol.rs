@@ -32,6 +32,7 @@
 //! | `stacks`   | the answer to a `stacks` request                               |
 //! | `recorded` | the answer to a `recorded` request                            |
 //! | `stall`    | at once, when a worker is stuck in one poll past the threshold |
+//! | `stall_end`| when a reported stall's poll ends: its total length            |
 //! | `ack`      | the answer to a request that returns nothing                   |
 //! | `error`    | a request the agent could not parse or answer; `id` if known   |
 //!
@@ -155,6 +156,8 @@ pub enum AgentMessage {
     /// A worker has been stuck inside one poll for longer than the stall threshold; sent
     /// the moment it is seen, with the stack taken while it was still stuck.
     Stall(Stall),
+    /// A stall reported before is over; its total length.
+    StallEnd(StallEnd),
     /// The answer to a request that returns nothing.
     Ack {
         /// The request's id.
@@ -258,6 +261,18 @@ pub struct Snapshot {
     /// Operations by kind.
     #[serde(default)]
     pub ops: Vec<OpStats>,
+    /// Every tokio runtime built through `hangcheck_runtime::main` or `instrument`, in
+    /// the order they were built. Empty: nothing of the server is watched.
+    #[serde(default)]
+    pub runtimes: Vec<RuntimeInfo>,
+    /// tokio runtimes the server used (it spawned or announced from inside them) that
+    /// were not built through hangcheck: their tasks and stalls are not seen.
+    #[serde(default)]
+    pub uninstrumented_runtimes: u64,
+    /// Polls started by every watched worker since the server started (worker wake-ups
+    /// on `--stable`): how the runner tells that a test made the server work.
+    #[serde(default)]
+    pub worker_activity: u64,
     /// What was folded to keep the snapshot within its caps (see [`Snapshot::fold`]).
     #[serde(default)]
     pub notes: Vec<String>,
@@ -348,6 +363,27 @@ fn fold_map<V: Copy + Ord + Default>(map: &mut BTreeMap<String, V>, add: impl Fn
     Some(folded)
 }
 
+/// One tokio runtime built through hangcheck: what is installed, what has run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    /// `instrument_named`'s label, else the name of the thread that built it.
+    pub name: String,
+    /// The hooks installed on its builder: `task-spawn`, `task-poll`, `thread-park`,
+    /// `thread-start`.
+    pub hooks: Vec<String>,
+    /// The installed hooks tokio has called at least once: a hook that never fired was
+    /// replaced (a hook set after `instrument`) or its runtime never ran.
+    pub fired: Vec<String>,
+    /// Its stable metrics, once the agent knows its handle.
+    pub stats: Option<RuntimeStats>,
+    /// Threads it started (workers and blocking pool) that are still alive.
+    pub threads: u64,
+    /// Of those, blocking-pool threads (tokio keeps an idle one for 10 s).
+    pub blocking_threads: u64,
+    /// Of those, idle ones (known with `tokio_unstable`; `None` otherwise).
+    pub idle_blocking_threads: Option<u64>,
+}
+
 /// The operations of one kind (`hangcheck_runtime::op(kind, key)`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpStats {
@@ -369,8 +405,18 @@ pub struct OpStats {
     pub slow_finished: u64,
     /// How many times an operation started while another with its key was in flight.
     pub overlap_events: u64,
-    /// The keys that overlapped (at most 64 per kind).
+    /// The keys whose operations overlapped for longer than the grace, or still overlap
+    /// past it (at most 64 per kind).
     pub overlaps: Vec<Overlap>,
+    /// Overlaps that closed within the grace: a new operation took over from the old.
+    #[serde(default)]
+    pub handovers: u64,
+    /// The longest of those, in milliseconds.
+    #[serde(default)]
+    pub longest_handover_ms: u64,
+    /// The grace the agent judged overlaps by, in milliseconds.
+    #[serde(default)]
+    pub overlap_grace_ms: u64,
 }
 
 /// Operations of one key that were in flight at the same time.
@@ -382,6 +428,12 @@ pub struct Overlap {
     pub max_in_flight: u64,
     /// The epochs (tests) in which an overlap began.
     pub epochs: Vec<u64>,
+    /// The longest closed overlap, in milliseconds (0: none closed yet).
+    #[serde(default)]
+    pub longest_ms: u64,
+    /// How long the overlap still open has lasted so far; `None`: none open.
+    #[serde(default)]
+    pub open_ms: Option<u64>,
 }
 
 /// How a task group got its key.
@@ -492,6 +544,11 @@ pub fn splitmix64(mut x: u64) -> u64 {
 /// The environment variable that carries `--chaos`'s seed to the agent: delays and
 /// yields at poll boundaries, and tokio's RNG seeded from it.
 pub const CHAOS_ENV: &str = "HANGCHECK_CHAOS";
+
+/// The environment variable that carries the overlap grace, in milliseconds, from the
+/// runner to the agent: operations of one key in flight together for longer are a
+/// finding, shorter ones a handover.
+pub const OVERLAP_GRACE_ENV: &str = "HANGCHECK_OVERLAP_GRACE_MS";
 
 /// The environment variable that carries the stall threshold, in milliseconds, from the
 /// runner to the agent.
@@ -747,6 +804,18 @@ pub struct Stall {
     /// agent that does not record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recorded: Option<Recorded>,
+    /// Which stall of the process this is (1, 2, ...); a [`StallEnd`] names it.
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// A reported stall is over: the poll ended. Sent when the agent sees it end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StallEnd {
+    /// The [`Stall::seq`] it ends.
+    pub seq: u64,
+    /// How long the worker was stuck in that one poll, in all, in milliseconds.
+    pub total_ms: u64,
 }
 
 /// The task a stalled worker was polling.

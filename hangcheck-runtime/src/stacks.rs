@@ -206,15 +206,16 @@ fn thread_state(tid: i32) -> String {
 
 /// One thread's stack, and when (the watchdog's clock) its raw frames were taken, before
 /// the slower symbolisation.
-pub(crate) fn thread_at(tid: i32, timeout: Duration) -> (ThreadStack, u64) {
-    thread_with(tid, timeout, true)
+pub(crate) fn thread_at(tid: i32, timeout: Duration, captured: impl FnOnce()) -> (ThreadStack, u64) {
+    thread_with(tid, timeout, true, captured)
 }
 
-fn thread_with(tid: i32, timeout: Duration, symbolise: bool) -> (ThreadStack, u64) {
+fn thread_with(tid: i32, timeout: Duration, symbolise: bool, on_captured: impl FnOnce()) -> (ThreadStack, u64) {
     let name = proc_task(tid, "comm").trim().to_owned();
     let state = thread_state(tid);
     let captured = capture_ips(tid, timeout);
     let taken_at = crate::watchdog::now_ns();
+    on_captured();
     let stack = match captured {
         Ok(ips) if !symbolise => {
             let frames = ips.iter().map(|_| Frame { function: None, file: None, line: None }).collect();
@@ -251,7 +252,7 @@ pub(crate) fn all_with(symbolise: bool) -> Stacks {
             });
             continue;
         }
-        threads.push(thread_with(tid, PER_THREAD, symbolise).0);
+        threads.push(thread_with(tid, PER_THREAD, symbolise, || {}).0);
     }
     Stacks { source: StackSource::Agent, took_ms: started.elapsed().as_millis() as u64, threads, tasks: None }
 }
@@ -290,7 +291,7 @@ mod tests {
             .spawn(move || parked_in_a_recognisable_function(stop_rx, tid_tx))
             .unwrap();
         let tid = tid_rx.recv().unwrap();
-        let stack = thread_at(tid, Duration::from_secs(5)).0;
+        let stack = thread_at(tid, Duration::from_secs(5), || {}).0;
         stop_tx.send(()).unwrap();
         handle.join().unwrap();
         assert_eq!(stack.name, "blocked-one");

@@ -32,6 +32,12 @@ struct Worker {
     reported_seq: AtomicU64,
     /// The task being polled (0: unknown).
     task: AtomicU64,
+    /// The busy period (`seq`) of a reported stall whose end is awaited; 0: none.
+    watched_seq: AtomicU64,
+    /// Set by [`idle`] when the watched busy period ends: its whole length, in ns.
+    watched_total_ns: AtomicU64,
+    /// The stall number (`Stall::seq`) of the watched stall.
+    watched_stall: AtomicU64,
 }
 
 static WORKERS: Mutex<Vec<&'static Worker>> = Mutex::new(Vec::new());
@@ -59,6 +65,9 @@ fn me() -> &'static Worker {
             seq: AtomicU64::new(0),
             reported_seq: AtomicU64::new(0),
             task: AtomicU64::new(0),
+            watched_seq: AtomicU64::new(0),
+            watched_total_ns: AtomicU64::new(0),
+            watched_stall: AtomicU64::new(0),
         }));
         WORKERS.lock().unwrap_or_else(PoisonError::into_inner).push(w);
         me.set(Some(w));
@@ -80,10 +89,30 @@ pub(crate) fn idle() -> u64 {
     let w = me();
     let since = w.busy_since.swap(0, Ordering::AcqRel);
     if since == 0 {
-        0
-    } else {
-        now_ns().saturating_sub(since)
+        return 0;
     }
+    let busy = now_ns().saturating_sub(since);
+    // A stall was reported in this busy period: leave its whole length for the agent.
+    // One load of this worker's own slot per poll.
+    if w.watched_seq.load(Ordering::Relaxed) == w.seq.load(Ordering::Relaxed) {
+        w.watched_total_ns.store(busy.max(1), Ordering::Release);
+    }
+    busy
+}
+
+/// A reported stall that is over, as the agent saw it end.
+pub(crate) struct Ended {
+    /// The stall's number.
+    pub(crate) seq: u64,
+    /// Its whole length in ms.
+    pub(crate) total_ms: u64,
+}
+
+/// Busy periods begun by every worker so far (polls with `tokio_unstable`, wake-ups on
+/// stable tokio): rises whenever the server does any work.
+pub(crate) fn activity() -> u64 {
+    let workers: Vec<&'static Worker> = WORKERS.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    workers.iter().map(|w| w.seq.load(Ordering::Relaxed)).sum()
 }
 
 /// The watchdog's settings and count.
@@ -127,6 +156,23 @@ impl Watchdog {
         })
     }
 
+    /// Stalls reported earlier whose poll has ended since the last look.
+    pub(crate) fn ended(&self) -> Vec<Ended> {
+        let workers: Vec<&'static Worker> = WORKERS.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut ended = Vec::new();
+        for w in workers {
+            if w.watched_seq.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let total = w.watched_total_ns.swap(0, Ordering::Acquire);
+            if total != 0 {
+                w.watched_seq.store(0, Ordering::Relaxed);
+                ended.push(Ended { seq: w.watched_stall.load(Ordering::Relaxed), total_ms: total / 1_000_000 });
+            }
+        }
+        ended
+    }
+
     /// Looks at every worker; for each newly stuck one, takes its stack now and returns
     /// the stall. `describe` names a task by id (group key, location).
     pub(crate) fn check(&self, epoch: u64, describe: impl Fn(u64) -> Option<(String, Option<String>)>) -> Vec<Stall> {
@@ -153,16 +199,34 @@ impl Watchdog {
             // have ended and the task with it.
             let task = w.task.load(Ordering::Relaxed);
             let described = (task != 0).then(|| describe(task));
-            // Taking the raw stack is quick; symbolising it (loading debug info the first
-            // time) is not, so the stuck time is read as the stack is taken.
-            let (mut stack, taken_at) = stacks::thread_at(w.tid, stacks::PER_THREAD);
+            // The stuck time is read as the raw stack is taken. Right after the raw stack is in hand (symbolising comes after, and the
+            // first time it can take longer than the stall itself): whether the poll was
+            // still going, and the watch for its end, so that the end is not missed
+            // while symbols load.
+            let mut ended_during_capture = false;
+            let mut number = 0;
+            let (mut stack, taken_at) = stacks::thread_at(w.tid, stacks::PER_THREAD, || {
+                ended_during_capture =
+                    w.seq.load(Ordering::Relaxed) != seq || w.busy_since.load(Ordering::Acquire) != since;
+                number = self.stalls.fetch_add(1, Ordering::Relaxed) + 1;
+                w.watched_total_ns.store(0, Ordering::Relaxed);
+                w.watched_stall.store(number, Ordering::Relaxed);
+                w.watched_seq.store(seq, Ordering::Release);
+                if w.seq.load(Ordering::Relaxed) != seq || w.busy_since.load(Ordering::Acquire) != since {
+                    // It ended before the watch began: it lasted at least until now.
+                    let seen = now_ns().saturating_sub(since).max(1);
+                    let _ = w.watched_total_ns.compare_exchange(0, seen, Ordering::AcqRel, Ordering::Relaxed);
+                }
+            });
             let stuck_ms = taken_at.saturating_sub(since) / 1_000_000;
-            if w.seq.load(Ordering::Relaxed) != seq || w.busy_since.load(Ordering::Acquire) != since {
-                stack.note =
-                    Some("the poll ended while the stack was being taken; the stack may show later work".into());
+            if ended_during_capture {
+                stack.note = Some(
+                    "the poll ended while the stack was being taken (the worker moved on before the signal \
+                     reached it); the stack may show later work"
+                        .into(),
+                );
             }
             w.reported_seq.store(seq, Ordering::Relaxed);
-            self.stalls.fetch_add(1, Ordering::Relaxed);
             let task = described.map(|d| {
                 let (group, location) = d.map_or((None, None), |(g, l)| (Some(g), l));
                 StalledTask { id: task, group, location }
@@ -176,6 +240,7 @@ impl Watchdog {
                 task,
                 stack,
                 recorded: None,
+                seq: number,
             });
         }
         stalls

@@ -17,7 +17,7 @@ use std::io::{BufReader, Cursor};
 
 use hangcheck_runtime::protocol::{
     decode, encode, read_message, AgentMessage, Announcement, Frame, Hello, Recorded, RecordedEvent, RecordedKind,
-    RunnerMessage, Snapshot, StackSource, Stacks, StacksBudget, Stall, ThreadStack, MAX_AGENT_MESSAGE,
+    RunnerMessage, Snapshot, StackSource, Stacks, StacksBudget, Stall, StallEnd, ThreadStack, MAX_AGENT_MESSAGE,
     MAX_RUNNER_MESSAGE,
 };
 use proptest::prelude::*;
@@ -77,6 +77,7 @@ fn agent_seeds() -> Vec<Vec<u8>> {
         task: None,
         stack: thread(),
         recorded: Some(recorded()),
+        seq: 1,
     };
     [
         AgentMessage::Hello(hello),
@@ -84,6 +85,7 @@ fn agent_seeds() -> Vec<Vec<u8>> {
         AgentMessage::Snapshot { id: 1, snapshot: Snapshot::default() },
         AgentMessage::Stacks { id: 2, stacks },
         AgentMessage::Stall(stall),
+        AgentMessage::StallEnd(StallEnd { seq: 1, total_ms: 1500 }),
         AgentMessage::Recorded { id: 4, recorded: recorded() },
         AgentMessage::Ack { id: 3 },
         AgentMessage::Error { id: None, message: "no".into() },

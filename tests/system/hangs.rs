@@ -7,12 +7,15 @@ use std::path::Path;
 use crate::util::{assert_no_process_with, hangcheck_test, marker, read, run_dir_of, spawn_runner, wait_for};
 
 const HANG: i32 = 6;
+const STALLS: i32 = 7;
 
 #[test]
 fn a_blocked_worker_is_caught_with_the_handler_that_blocked_it() {
     let mark = marker("stall");
     let run = hangcheck_test(&["-p", "blocking-handler", "--stall-threshold", "250ms", "--server-env", &mark]);
-    assert_eq!(run.code, HANG, "{run}");
+    // A stall is not a hang: the request completed.
+    assert_eq!(run.code, STALLS, "{run}");
+    assert_eq!(run.report()["verdict"], "stalls");
     let report = run.report();
     let stalls = report["stalls"].as_array().unwrap();
     // On a loaded machine an ordinary poll may be reported too; the blocked one must be.
@@ -219,5 +222,56 @@ fn a_lock_order_deadlock_names_both_waiting_functions() {
 
     let fixed = hangcheck_test(&["-p", "lock-order", "--server-env", "LOCK_ORDER_FIXED=1", "--server-env", &mark]);
     assert_eq!(fixed.code, 0, "one lock order, no deadlock\n{fixed}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn a_stall_reports_its_whole_length_not_only_when_it_was_caught() {
+    let mark = marker("stall-length");
+    let run =
+        hangcheck_test(&["-p", "two-runtimes", "--stall-threshold", "250ms", "--server-env", &mark, "slow_request"]);
+    assert_eq!(run.code, STALLS, "{run}");
+    let report = run.report();
+    let stall = report["stalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["blocked_in"].as_str().is_some_and(|b| b.starts_with("two_runtimes::block_the_worker")))
+        .unwrap_or_else(|| panic!("the 1.5 s block on the second runtime is caught\n{run}"))
+        .clone();
+    assert_eq!(stall["test"], "e2e::slow_request_on_second");
+    // The handler sleeps 1.5 s in one poll: that is its whole length (the clock is
+    // coarse by a few ms); it was caught well before it ended.
+    let total = stall["total_ms"].as_u64().unwrap_or_else(|| panic!("no total: {stall:#?}"));
+    let caught = stall["stuck_ms"].as_u64().unwrap();
+    assert!(total >= 1450, "{stall:#?}");
+    assert!(caught < total, "{stall:#?}");
+    // The worker was still blocked when its stack was taken: no note says otherwise.
+    assert!(stall["note"].is_null(), "{stall:#?}");
+    assert!(run.stdout.contains("in all (caught at"), "{run}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn with_stall_verdict_warn_a_stall_is_reported_and_does_not_fail_the_run() {
+    let mark = marker("stall-warn");
+    let run = hangcheck_test(&[
+        "-p",
+        "two-runtimes",
+        "--stall-threshold",
+        "250ms",
+        "--stall-verdict",
+        "warn",
+        "--server-env",
+        &mark,
+        "slow_request",
+    ]);
+    assert_eq!(run.code, 0, "{run}");
+    let report = run.report();
+    assert_eq!(report["stall_verdict"], "warn");
+    assert!(!report["stalls"].as_array().unwrap().is_empty(), "{run}");
+    assert!(run.stdout.contains("STALL"), "{run}");
+    let junit = read(&run.run_dir().join("junit.xml"));
+    assert!(junit.contains("stall::1") && junit.contains("stall-verdict = warn"), "{junit}");
     assert_no_process_with(&mark);
 }

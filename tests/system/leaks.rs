@@ -77,3 +77,18 @@ fn leak_off_exits_zero_although_connection_tasks_outlive_each_test() {
     }
     assert_no_process_with(&mark);
 }
+
+#[test]
+fn an_idle_blocking_pool_thread_is_not_a_thread_leak() {
+    // tokio::fs runs on the blocking pool, whose thread idles for 10 s after; the quick
+    // test that follows must not make it look leaked.
+    let mark = marker("blocking-pool");
+    let run = hangcheck_test(&["-p", "two-runtimes", "--server-env", &mark, "reads_a_file", "then_a_quick_ping"]);
+    assert_eq!(run.code, 0, "{run}");
+    let report = run.report();
+    assert!(report["leaks"].as_array().unwrap().is_empty(), "{run}");
+    let main = &report["server"]["runtimes"][0];
+    assert_eq!(main["name"], "main");
+    assert!(main["blocking_threads"].as_u64().unwrap() >= 1, "the pool thread is seen: {main:#?}");
+    assert_no_process_with(&mark);
+}

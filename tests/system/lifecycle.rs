@@ -21,6 +21,29 @@ fn a_second_stream_for_one_session_is_flagged_with_its_hashed_key_and_test() {
     let key = c["key"].as_str().unwrap();
     assert!(key.starts_with('#') && key.len() == 17 && !key.contains("chat"), "the key is hashed: {key}");
     assert!(run.stdout.contains("CONCURRENT 2 operations `stream` in flight at once for key #"), "{run}");
+    // With how long the overlap lasted. The second stream (3 tokens of 20 ms) ends
+    // first, so it lasted at least those 60 ms; the first was never stopped, so this is
+    // no handover, however short.
+    let lasted = c["longest_ms"].as_u64().unwrap().max(c["still_open_ms"].as_u64().unwrap_or(0));
+    assert!(lasted >= 55, "{c:#?}");
+    assert!(run.stdout.contains("; overlapping for ") || run.stdout.contains("; still open"), "{run}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn a_stream_that_takes_over_and_stops_the_previous_one_is_a_handover_not_a_finding() {
+    let mark = marker("handover");
+    let run = hangcheck_test(&["-p", "handover", "--server-env", &mark]);
+    assert_eq!(run.code, 0, "{run}");
+    let report = run.report();
+    assert_eq!(report["concurrent_ops"].as_array().unwrap().len(), 0, "{run}");
+    // The handovers did happen (one, then three in a row, which may overlap one
+    // another and count as one): data, not findings.
+    let handovers = report["handovers"].as_array().unwrap();
+    let stream = handovers.iter().find(|h| h["kind"] == "stream").unwrap_or_else(|| panic!("{run}"));
+    assert!(stream["count"].as_u64().unwrap() >= 2, "{stream:#?}");
+    assert_eq!(stream["grace_ms"], 100);
+    assert!(run.stdout.contains("handovers: `stream` "), "{run}");
     assert_no_process_with(&mark);
 }
 

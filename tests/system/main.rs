@@ -13,6 +13,8 @@ mod leaks;
 mod lifecycle;
 mod reporting;
 mod rounds;
+mod selection;
 mod survival;
 mod timeline;
 mod util;
+mod watched;

@@ -44,6 +44,11 @@ pub fn columns(rows: &[Option<&Snapshot>]) -> Vec<Column> {
             values: rows.iter().map(|s| s.map(|s| (m.read)(s) as i128)).collect(),
         });
     }
+    // Shown, not judged: tokio's blocking-pool threads idling out.
+    columns.push(Column {
+        title: "pool:idle".to_owned(),
+        values: rows.iter().map(|s| s.map(|s| measures::idle_pool_threads(s) as i128)).collect(),
+    });
     let counter_keys: BTreeSet<&str> =
         rows.iter().flatten().flat_map(|s| s.counters.keys().map(String::as_str)).collect();
     for key in counter_keys {
@@ -73,7 +78,7 @@ pub fn live(s: &Snapshot, key: &str) -> u64 {
 
 /// Column titles for group keys: a location key (`dir/file.rs:line`) is cut to its last
 /// two path components, unless that would make two titles alike.
-fn short_titles(keys: &BTreeSet<&str>) -> Vec<String> {
+pub fn short_titles(keys: &BTreeSet<&str>) -> Vec<String> {
     let short = |key: &str| -> String {
         let parts: Vec<&str> = key.split('/').collect();
         if parts.len() <= 2 {

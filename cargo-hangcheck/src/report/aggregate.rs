@@ -10,9 +10,11 @@ use std::time::Duration;
 use hangcheck_runtime::protocol::Snapshot;
 
 use super::{Report, Reporter, ServerEntry, ShutdownEntry, ShutdownOutcome, StallEntry, TestEntry, Verdict};
-use crate::analysis::{ConcurrentOps, Leak};
+use crate::analysis::{ConcurrentOps, Leak, StartupGrowth};
+use crate::cli::StallVerdict;
 use crate::errors::SetupError;
 use crate::event::Event;
+use crate::watched;
 
 /// The report as far as the run has got.
 #[derive(Default)]
@@ -34,6 +36,11 @@ pub struct Aggregator {
     leftovers: Vec<crate::leftovers::Leftover>,
     error: Option<(String, bool)>,
     rounds: Option<super::RoundsEntry>,
+    startup: Vec<StartupGrowth>,
+    /// What the agent's hello claimed; the report keeps only what the snapshots prove.
+    hello_capabilities: Vec<String>,
+    watchdog: bool,
+    stall_verdict: StallVerdict,
 }
 
 impl Reporter for Aggregator {
@@ -43,16 +50,18 @@ impl Reporter for Aggregator {
                 self.package = package.to_owned();
                 self.server.bin = server_bin.to_owned();
             }
-            Event::RunStarted { package, server_bin, tokio_unstable, run_dir, .. } => {
+            Event::RunStarted { package, server_bin, tokio_unstable, run_dir, watchdog, stall_verdict, .. } => {
+                self.watchdog = watchdog;
+                self.stall_verdict = stall_verdict;
                 self.package = package.to_owned();
                 self.server.bin = server_bin.to_owned();
                 self.server.tokio_unstable = tokio_unstable;
                 self.server.log = Some(run_dir.join("server.log"));
                 self.run_dir = run_dir.to_owned();
             }
-            Event::ServerReady { pid, capabilities, addresses, log } => {
+            Event::ServerReady { pid, capabilities, addresses, log, .. } => {
                 self.server.pid = Some(pid);
-                self.server.capabilities = capabilities.to_vec();
+                self.hello_capabilities = capabilities.to_vec();
                 self.server.addresses = addresses.clone();
                 self.server.log = Some(log.to_owned());
             }
@@ -61,6 +70,9 @@ impl Reporter for Aggregator {
                 self.last = Some(snapshot.clone());
             }
             Event::TestFinished { record } => {
+                for stall in self.stalls.iter_mut().filter(|s| s.epoch == record.epoch && s.total_ms.is_none()) {
+                    stall.still_stuck_at_test_end = true;
+                }
                 self.tests.push(TestEntry::from_record(record));
                 self.snapshots.push(record.snapshot.clone());
                 if let Some(s) = &record.snapshot {
@@ -68,6 +80,12 @@ impl Reporter for Aggregator {
                 }
             }
             Event::Stall { stall } => self.stalls.push(stall.clone()),
+            Event::StallEnded { seq, total_ms } => {
+                if let Some(stall) = self.stalls.iter_mut().find(|s| s.seq == seq && seq != 0) {
+                    stall.total_ms = Some(total_ms);
+                }
+            }
+            Event::Startup { growth } => self.startup = growth.to_vec(),
             Event::Leftover { leftover, .. } => self.leftovers.push(leftover.clone()),
             Event::ProtocolError { message } => self.protocol_errors.push(message.to_owned()),
             Event::FinalSnapshot { snapshot } => self.last = Some(snapshot.clone()),
@@ -95,13 +113,18 @@ impl Reporter for Aggregator {
 impl Aggregator {
     /// The report of the run, with its verdict.
     pub fn finish(self, duration: Duration) -> Report {
-        let hang = self.shutdown.outcome == ShutdownOutcome::Hung || !self.stalls.is_empty();
+        // A stall is not a hang: it has its own verdict, below failed tests.
+        let hang = self.shutdown.outcome == ShutdownOutcome::Hung;
+        let stalled = !self.stalls.is_empty() && self.stall_verdict == StallVerdict::Fail;
+        let mut server = self.server;
+        server.capabilities = watched::capabilities(&self.hello_capabilities, self.last.as_ref(), self.watchdog);
+        server.runtimes = self.last.as_ref().map(|s| s.runtimes.clone()).unwrap_or_default();
         let verdict = match &self.error {
             Some((_, true)) => Verdict::Interrupted,
             // A run that ended because something hung reports the hang.
             Some(_) if hang || self.tests.iter().any(|t| t.outcome == super::TestOutcome::Hung) => Verdict::Hang,
             Some(_) => Verdict::SetupError,
-            None => match super::verdict(&self.tests, &self.leaks, &self.concurrent, hang) {
+            None => match super::verdict(&self.tests, &self.leaks, &self.concurrent, hang, stalled) {
                 // A process left running is a leak too.
                 Verdict::Ok if !self.leftovers.is_empty() => Verdict::Leaks,
                 v => v,
@@ -115,11 +138,14 @@ impl Aggregator {
             verdict,
             exit_code: verdict.exit_code(),
             error: self.error.map(|(message, _)| message),
-            server: self.server,
+            server,
             run_dir: self.run_dir,
             duration_ms: duration.as_millis() as u64,
             tests: self.tests,
             slow_ops: self.last.as_ref().map(super::slow_ops).unwrap_or_default(),
+            handovers: self.last.as_ref().map(crate::analysis::handovers).unwrap_or_default(),
+            startup: self.startup,
+            stall_verdict: self.stall_verdict,
             counters: self.baseline.as_ref().map(|b| super::counters(b, &self.snapshots)).unwrap_or_default(),
             baseline: self.baseline,
             final_snapshot: self.last,
@@ -146,7 +172,14 @@ mod tests {
 
     fn record(name: &str, epoch: u64, outcome: Outcome) -> TestRecord {
         TestRecord {
-            case: TestCase { target: "e2e".into(), name: name.into(), exe: "t".into(), in_process: false, round: 0 },
+            case: TestCase {
+                target: "e2e".into(),
+                name: name.into(),
+                exe: "t".into(),
+                in_process: false,
+                ignored: false,
+                round: 0,
+            },
             epoch,
             run: TestRun {
                 outcome,
@@ -162,6 +195,7 @@ mod tests {
             waiting: vec![],
             blocked_threads: vec![],
             last_events: vec![],
+            reached: Some(true),
         }
     }
 
@@ -173,6 +207,8 @@ mod tests {
             tokio_unstable: true,
             run_dir: Path::new("/runs/1"),
             tests: &[],
+            watchdog: true,
+            stall_verdict: StallVerdict::Fail,
         };
         a.event(&started);
         for e in events {

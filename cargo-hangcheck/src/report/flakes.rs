@@ -59,11 +59,12 @@ pub fn table(tests: &[TestEntry], stalls: &[StallEntry], repeating: bool) -> Vec
         match t.outcome {
             TestOutcome::Passed => f.passed += 1,
             TestOutcome::Hung => f.hung += 1,
-            TestOutcome::Interrupted => {}
+            TestOutcome::Interrupted | TestOutcome::Ignored => {}
             TestOutcome::Failed | TestOutcome::SpawnFailed => f.failed += 1,
         }
         f.stalled += u32::from(stalled);
-        let wrong = stalled || !matches!(t.outcome, TestOutcome::Passed | TestOutcome::Interrupted);
+        let wrong =
+            stalled || !matches!(t.outcome, TestOutcome::Passed | TestOutcome::Interrupted | TestOutcome::Ignored);
         if wrong && f.first_failure.is_none() {
             f.first_failure = Some(t.round);
         }

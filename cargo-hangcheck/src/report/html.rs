@@ -60,6 +60,7 @@ fn outcome_class(outcome: TestOutcome) -> &'static str {
         TestOutcome::Failed | TestOutcome::SpawnFailed => "failed",
         TestOutcome::Hung => "hung",
         TestOutcome::Interrupted => "interrupted",
+        TestOutcome::Ignored => "ignored",
     }
 }
 
@@ -419,7 +420,7 @@ fn svg_timeline(h: &mut String, timeline: &Timeline, report: &Report) {
             TestOutcome::Passed => "#43a047",
             TestOutcome::Failed | TestOutcome::SpawnFailed => "#e53935",
             TestOutcome::Hung => "#8e0000",
-            TestOutcome::Interrupted => "#9e9e9e",
+            TestOutcome::Interrupted | TestOutcome::Ignored => "#9e9e9e",
         };
         let width = w(t.start, t.start + t.duration);
         let _ = write!(

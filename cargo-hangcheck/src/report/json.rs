@@ -34,6 +34,7 @@ fn libtest_event(outcome: TestOutcome) -> &'static str {
         TestOutcome::Failed | TestOutcome::SpawnFailed => "failed",
         TestOutcome::Hung => "hung",
         TestOutcome::Interrupted => "interrupted",
+        TestOutcome::Ignored => "ignored",
     }
 }
 
@@ -55,14 +56,17 @@ impl Reporter for JsonLines {
                 "type": "run", "event": "building", "package": package, "server_bin": server_bin,
                 "test_targets": test_targets,
             }),
-            Event::RunStarted { package, server_bin, tokio_unstable, run_dir, tests } => json!({
+            Event::RunStarted { package, server_bin, tokio_unstable, run_dir, tests, .. } => json!({
                 "type": "run", "event": "started", "package": package, "server_bin": server_bin,
                 "tokio_unstable": tokio_unstable, "run_dir": run_dir, "test_count": tests.len(),
             }),
-            Event::ServerReady { pid, capabilities, addresses, log } => json!({
+            Event::ServerReady { pid, capabilities, addresses, log, runtimes } => json!({
                 "type": "server", "event": "ready", "pid": pid, "capabilities": capabilities,
                 "addresses": addresses, "log": log,
+                "runtimes": runtimes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             }),
+            Event::Startup { growth } => json!({ "type": "startup", "growth": growth }),
+            Event::StallEnded { seq, total_ms } => json!({ "type": "stall-ended", "seq": seq, "total_ms": total_ms }),
             Event::Baseline { .. } | Event::FinalSnapshot { .. } => return,
             Event::TestStarted { case, epoch } => {
                 json!({ "type": "test", "event": "started", "name": case.id(), "epoch": epoch })
@@ -112,7 +116,8 @@ impl Reporter for JsonLines {
         let tally = report.tally();
         Self::emit(json!({
             "type": "run", "event": "finished", "verdict": report.verdict, "exit_code": report.exit_code,
-            "passed": tally.passed, "failed": tally.failed, "hung": tally.hung, "leaks": report.leaks.len(), "stalls": report.stalls.len(),
+            "passed": tally.passed, "failed": tally.failed, "hung": tally.hung, "ignored": report.tests.iter().filter(|t| t.outcome == TestOutcome::Ignored).count(),
+            "leaks": report.leaks.len(), "stalls": report.stalls.len(),
             "duration_ms": report.duration_ms,
             "report": (!report.run_dir.as_os_str().is_empty()).then(|| report.run_dir.join("report.json")),
         }));

@@ -7,6 +7,7 @@ use std::time::Duration;
 use quick_junit::{NonSuccessKind, Report as JunitReport, TestCase, TestCaseStatus, TestSuite};
 
 use super::{Report, ShutdownOutcome, TestOutcome};
+use crate::cli::StallVerdict;
 
 /// Renders the report as JUnit XML.
 pub fn render(report: &Report) -> String {
@@ -16,6 +17,7 @@ pub fn render(report: &Report) -> String {
     for t in &report.tests {
         let status = match t.outcome {
             TestOutcome::Passed => TestCaseStatus::success(),
+            TestOutcome::Ignored => TestCaseStatus::skipped(),
             outcome => {
                 let other = outcome.name();
                 let mut s = TestCaseStatus::non_success(if outcome == TestOutcome::SpawnFailed {
@@ -45,6 +47,12 @@ pub fn render(report: &Report) -> String {
         let mut case = TestCase::new(t.name.clone(), status);
         case.set_classname(t.target.clone());
         case.set_time(Duration::from_millis(t.duration_ms));
+        if t.reached_server == Some(false) {
+            case.add_property(("hangcheck.reached-server", "false"));
+            case.set_system_out(
+                "hangcheck: this test did not reach the server (it spawned no task and moved no counter)",
+            );
+        }
         match suites.iter_mut().find(|s| s.name.as_str() == t.target) {
             Some(suite) => {
                 suite.add_test_case(case);
@@ -71,14 +79,23 @@ pub fn render(report: &Report) -> String {
         findings.add_test_case(TestCase::new(format!("leak::{}", leak.group), status));
     }
     for (i, stall) in report.stalls.iter().enumerate() {
-        let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
-        status.set_message(format!(
-            "worker stuck {} ms in one poll during {}, in {}",
+        let message = format!(
+            "worker caught stuck {} ms in one poll ({} ms in all) during {}, in {}",
             stall.stuck_ms,
+            stall.total_ms.map_or("?".to_owned(), |t| t.to_string()),
             stall.test.as_deref().unwrap_or("?"),
             stall.blocked_in.as_deref().unwrap_or("?")
-        ));
-        findings.add_test_case(TestCase::new(format!("stall::{}", i + 1), status));
+        );
+        let case = if report.stall_verdict == StallVerdict::Warn {
+            let mut case = TestCase::new(format!("stall::{}", i + 1), TestCaseStatus::success());
+            case.set_system_out(format!("warning (stall-verdict = warn): {message}"));
+            case
+        } else {
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            status.set_message(message);
+            TestCase::new(format!("stall::{}", i + 1), status)
+        };
+        findings.add_test_case(case);
     }
     if report.shutdown.outcome == ShutdownOutcome::Hung {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);

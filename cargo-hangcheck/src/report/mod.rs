@@ -26,10 +26,10 @@ pub mod trace;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use hangcheck_runtime::protocol::{Frame, Snapshot, StackSource, StalledTask};
+use hangcheck_runtime::protocol::{Frame, RuntimeInfo, Snapshot, StackSource, StalledTask};
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::{ConcurrentOps, Leak, Lingering};
+use crate::analysis::{ConcurrentOps, Handovers, Leak, Lingering, StartupGrowth};
 use crate::event::Event;
 use crate::exit;
 use crate::rundir::RunDir;
@@ -122,6 +122,9 @@ pub struct TestRecord {
     pub blocked_threads: Vec<String>,
     /// When it hung: what its live tasks did last, from the flight recorder.
     pub last_events: Vec<String>,
+    /// Whether the server did anything during it (`watched::reached`); `None` when it
+    /// did not run or no settled snapshot was taken after it.
+    pub reached: Option<bool>,
 }
 
 /// How the run ended overall; decides the exit code.
@@ -137,6 +140,8 @@ pub enum Verdict {
     Leaks,
     /// A test or the shutdown hung.
     Hang,
+    /// A worker was stuck in one poll past the stall threshold (and stalls fail the run).
+    Stalls,
     /// The run could not start or go on.
     SetupError,
     /// Ctrl-C.
@@ -151,6 +156,7 @@ impl Verdict {
             Verdict::TestsFailed => exit::TESTS_FAILED,
             Verdict::Leaks => exit::LEAKS,
             Verdict::Hang => exit::HANG,
+            Verdict::Stalls => exit::STALLS,
             Verdict::SetupError => exit::SETUP,
             Verdict::Interrupted => exit::INTERRUPTED,
         }
@@ -187,14 +193,25 @@ pub struct Report {
     pub final_snapshot: Option<Snapshot>,
     /// Task groups, operations, fds or threads that grew beyond the policy.
     pub leaks: Vec<Leak>,
-    /// Operations of one key that were in flight at the same time.
+    /// What rose between the server's readiness and the quiet baseline: its start-up,
+    /// not any test's doing.
+    #[serde(default)]
+    pub startup: Vec<StartupGrowth>,
+    /// Operations of one key in flight at the same time for longer than the grace (or
+    /// the new one ending while the old one ran on).
     pub concurrent_ops: Vec<ConcurrentOps>,
+    /// Overlaps that closed within the grace (a new operation took over), as data.
+    #[serde(default)]
+    pub handovers: Vec<Handovers>,
     /// Operations that outlived their `warn_after` budget, by kind.
     pub slow_ops: Vec<SlowOps>,
     /// Every counter's total and per-test deltas, as data.
     pub counters: Vec<CounterEntry>,
     /// Workers caught stuck inside one poll.
     pub stalls: Vec<StallEntry>,
+    /// Whether stalls fail the run (`fail`) or are only reported (`warn`).
+    #[serde(default)]
+    pub stall_verdict: crate::cli::StallVerdict,
     /// How the server's shutdown went.
     pub shutdown: ShutdownEntry,
     /// Malformed messages from the agent, if any.
@@ -253,8 +270,12 @@ pub struct ServerEntry {
     pub pid: Option<u32>,
     /// Built with `--cfg tokio_unstable` (task hooks) or not.
     pub tokio_unstable: bool,
-    /// What the agent said it can do.
+    /// What the agent could do in this run: static ones, and each kind of hook only
+    /// once it was installed on a runtime and had fired.
     pub capabilities: Vec<String>,
+    /// Every runtime built through hangcheck, by name, with its hooks and threads.
+    #[serde(default)]
+    pub runtimes: Vec<RuntimeInfo>,
     /// Announced addresses.
     pub addresses: BTreeMap<String, String>,
     /// The server log.
@@ -305,6 +326,11 @@ pub struct TestEntry {
     /// When it hung: what its live tasks did last, from the flight recorder's events.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_events: Vec<String>,
+    /// Whether the server did anything while it ran (a task spawned, an operation
+    /// started, a counter or gauge moved, a connection to an announced port); `false`:
+    /// it did not reach the server; `null`: not run.
+    #[serde(default)]
+    pub reached_server: Option<bool>,
 }
 
 /// Operations of one kind that outlived their budget.
@@ -384,6 +410,8 @@ pub enum TestOutcome {
     SpawnFailed,
     /// The run was interrupted while it ran.
     Interrupted,
+    /// `#[ignore]`d, not run.
+    Ignored,
 }
 
 impl TestOutcome {
@@ -395,6 +423,7 @@ impl TestOutcome {
             Outcome::TimedOut => (TestOutcome::Hung, None),
             Outcome::SpawnFailed(s) => (TestOutcome::SpawnFailed, Some(s.clone())),
             Outcome::Interrupted => (TestOutcome::Interrupted, None),
+            Outcome::Ignored => (TestOutcome::Ignored, None),
         }
     }
 
@@ -406,6 +435,7 @@ impl TestOutcome {
             TestOutcome::Hung => "hung",
             TestOutcome::SpawnFailed => "spawn-failed",
             TestOutcome::Interrupted => "interrupted",
+            TestOutcome::Ignored => "ignored",
         }
     }
 }
@@ -471,15 +501,25 @@ pub struct StallEntry {
     pub tid: u32,
     /// The worker's thread name.
     pub thread: String,
-    /// How long it had been stuck when its stack was taken, in milliseconds.
+    /// How long it had been stuck when it was caught (its stack taken), in milliseconds.
     pub stuck_ms: u64,
+    /// How long it was stuck in that poll in all, once the poll ended; `null` while it
+    /// had not.
+    #[serde(default)]
+    pub total_ms: Option<u64>,
+    /// The poll had not ended yet when its test ended.
+    #[serde(default)]
+    pub still_stuck_at_test_end: bool,
+    /// The agent's number for it (matches its end).
+    #[serde(skip)]
+    pub seq: u64,
     /// The threshold.
     pub threshold_ms: u64,
     /// The task it was polling, with tokio's poll hooks.
     pub task: Option<StalledTask>,
     /// The innermost frame in the server's own code: where it blocked.
     pub blocked_in: Option<String>,
-    /// Why the stack may be partial.
+    /// Why the stack may be partial, with the reason.
     pub note: Option<String>,
     /// The stall's file (written as it arrived).
     pub file: Option<PathBuf>,
@@ -513,6 +553,7 @@ impl TestEntry {
             waiting: r.waiting.clone(),
             blocked_threads: r.blocked_threads.clone(),
             last_events: r.last_events.clone(),
+            reached_server: r.reached,
             live: r.snapshot.iter().flat_map(|s| s.groups.iter().map(|g| (g.key.clone(), g.live))).collect(),
         }
     }
@@ -523,13 +564,23 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// The overall verdict of a run that could judge: the most severe finding wins.
-/// `hang` is any hang outside the tests' own outcomes: a stall or a shutdown hang.
-pub fn verdict(tests: &[TestEntry], leaks: &[Leak], concurrent: &[ConcurrentOps], hang: bool) -> Verdict {
+/// `hang` is a hang outside the tests' own outcomes (the shutdown); `stalled`: a stall
+/// that fails the run (`stall-verdict = "fail"`).
+pub fn verdict(
+    tests: &[TestEntry],
+    leaks: &[Leak],
+    concurrent: &[ConcurrentOps],
+    hang: bool,
+    stalled: bool,
+) -> Verdict {
     if hang || tests.iter().any(|t| t.outcome == TestOutcome::Hung) {
         return Verdict::Hang;
     }
-    if tests.iter().any(|t| t.outcome != TestOutcome::Passed) {
+    if tests.iter().any(|t| !matches!(t.outcome, TestOutcome::Passed | TestOutcome::Ignored)) {
         return Verdict::TestsFailed;
+    }
+    if stalled {
+        return Verdict::Stalls;
     }
     if leaks.iter().any(|l| l.fails) || !concurrent.is_empty() {
         return Verdict::Leaks;

@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use anstream::eprintln;
 use anstyle::{AnsiColor, Style};
-use hangcheck_runtime::protocol::Snapshot;
+use hangcheck_runtime::protocol::{Announcement, Snapshot};
 
 use super::accumulation;
 use super::{
     CounterEntry, Report, Reporter, ShutdownEntry, ShutdownOutcome, SlowOps, StallEntry, TestEntry, TestOutcome,
     TestRecord,
 };
-use crate::analysis::{ConcurrentOps, Leak, MeasureKind};
+use crate::analysis::{ConcurrentOps, Handovers, Leak, MeasureKind, StartupGrowth};
 use crate::errors::SetupError;
 use crate::event::Event;
 
@@ -76,10 +76,7 @@ impl Reporter for Displayer {
             Event::RunStarted { server_bin, tokio_unstable, run_dir, tests, .. } => {
                 self.started = true;
                 self.tokio_unstable = tokio_unstable;
-                self.test_count = tests.len();
-                if tests.is_empty() {
-                    warn("no test matches the filters; the server is still started, judged and stopped");
-                }
+                self.test_count = tests.iter().filter(|t| !t.ignored).count();
                 status(
                     "Starting",
                     format!(
@@ -89,10 +86,22 @@ impl Reporter for Displayer {
                     ),
                 );
             }
-            Event::ServerReady { pid, addresses, .. } => {
-                let addrs: Vec<String> = addresses.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                status("Ready", format!("pid {pid}, announced {}", addrs.join(" ")));
+            Event::ServerReady { pid, addresses, runtimes, .. } => {
+                // The variables the tests read, not only the names the server announced.
+                let addrs: Vec<String> = addresses
+                    .iter()
+                    .map(|(name, addr)| {
+                        let var = Announcement { name: name.clone(), addr: addr.clone() }.env_var();
+                        format!("{var}={addr}")
+                    })
+                    .collect();
+                let announced = if addrs.is_empty() { "nothing".to_owned() } else { addrs.join(" ") };
+                let names: Vec<&str> = runtimes.iter().map(|r| r.name.as_str()).collect();
+                let watched = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+                status("Ready", format!("pid {pid}, announced {announced}; runtimes watched: {watched}"));
             }
+            Event::Startup { growth } => startup(growth),
+            Event::StallEnded { .. } => {}
             Event::Baseline { snapshot } => {
                 self.baseline = Some(snapshot.clone());
                 self.last = Some(snapshot.clone());
@@ -151,8 +160,11 @@ impl Reporter for Displayer {
         let mut out = self.out();
         if let (Some(baseline), None) = (&self.baseline, &report.error) {
             table(&mut out, baseline, &self.rows);
+            if let Some(last) = &report.final_snapshot {
+                watched(&mut out, baseline, last, &report.tests);
+            }
             leaks(&mut out, &report.leaks, self.tokio_unstable);
-            operations(&mut out, &report.concurrent_ops, &report.tests, &report.slow_ops);
+            operations(&mut out, &report.concurrent_ops, &report.handovers, &report.tests, &report.slow_ops);
             counters(&mut out, &report.counters);
         }
         stall_summary(&mut out, &report.stalls);
@@ -242,6 +254,7 @@ fn test_line(out: &mut dyn Write, record: &TestRecord, previous: Option<&Snapsho
         TestOutcome::Failed | TestOutcome::SpawnFailed => ("FAIL", RED),
         TestOutcome::Hung => ("HANG", MAGENTA),
         TestOutcome::Interrupted => ("STOP", YELLOW),
+        TestOutcome::Ignored => ("SKIP", YELLOW),
     };
     let mut grew = String::new();
     if let (Some(now), Some(before)) = (&record.snapshot, previous) {
@@ -254,6 +267,9 @@ fn test_line(out: &mut dyn Write, record: &TestRecord, previous: Option<&Snapsho
     }
     for l in &record.lingering {
         grew.push_str(&format!("  {} op:{} still in flight", l.count, l.kind));
+    }
+    if record.reached == Some(false) {
+        grew.push_str("  (did not reach the server)");
     }
     say!(
         out,
@@ -380,7 +396,7 @@ fn stall(out: &mut dyn Write, s: &StallEntry) {
     let during = s.test.as_deref().map(|t| format!(" during {t}")).unwrap_or_default();
     say!(
         out,
-        "{MAGENTA}{:>12}{MAGENTA:#} worker {} \"{}\" stuck in one poll for {} ms (threshold {} ms){during}",
+        "{MAGENTA}{:>12}{MAGENTA:#} worker {} \"{}\" caught stuck in one poll for {} ms (threshold {} ms){during}",
         "STALL",
         s.tid,
         s.thread,
@@ -395,9 +411,73 @@ fn stall(out: &mut dyn Write, s: &StallEntry) {
     if let Some(culprit) = &s.blocked_in {
         say!(out, "{:>12}   blocked in {culprit}", "");
     }
+    if let Some(note) = &s.note {
+        say!(out, "{:>12}   note: {note}", "");
+    }
     if let Some(file) = &s.file {
         say!(out, "{:>12}   stack: {}", "", file.display());
     }
+}
+
+/// How long a stall lasted, as far as it is known.
+fn stall_length(s: &StallEntry) -> String {
+    match (s.total_ms, s.still_stuck_at_test_end) {
+        (Some(total), _) => {
+            format!("stuck {} in all (caught at {} ms)", seconds(Duration::from_millis(total)), s.stuck_ms)
+        }
+        (None, true) => format!("caught at {} ms, still stuck when its test ended", s.stuck_ms),
+        (None, false) => format!("caught at {} ms, still stuck when the run ended", s.stuck_ms),
+    }
+}
+
+/// What the server's start-up added after it was ready, before the baseline.
+fn startup(growth: &[StartupGrowth]) {
+    if growth.is_empty() {
+        return;
+    }
+    let items: Vec<String> =
+        growth.iter().map(|g| format!("{} {} -> {}", g.measure, g.at_ready, g.at_baseline)).collect();
+    status("Start-up", format!("{} (appeared after ready, before the baseline; not judged)", items.join(", ")));
+}
+
+/// What was watched, so that a clean run shows it looked: the runtimes, the tasks
+/// spawned and finished per group during the tests, the tests that reached the server.
+fn watched(out: &mut dyn Write, baseline: &Snapshot, last: &Snapshot, tests: &[TestEntry]) {
+    let runtimes: Vec<String> = last
+        .runtimes
+        .iter()
+        .map(|r| {
+            let workers = r.stats.as_ref().map_or(0, |s| s.workers);
+            let pool = match (r.blocking_threads, r.idle_blocking_threads) {
+                (0, _) => String::new(),
+                (n, Some(idle)) => format!(", blocking pool {n} ({idle} idle)"),
+                (n, None) => format!(", blocking pool {n}"),
+            };
+            format!("{} ({workers} worker{}{pool})", r.name, if workers == 1 { "" } else { "s" })
+        })
+        .collect();
+    let keys: std::collections::BTreeSet<&str> = last.groups.iter().map(|g| g.key.as_str()).collect();
+    let titles = super::accumulation::short_titles(&keys);
+    let mut groups: Vec<String> = keys
+        .iter()
+        .zip(titles)
+        .filter_map(|(key, title)| {
+            let g = last.groups.iter().find(|g| g.key == *key)?;
+            let before = baseline.groups.iter().find(|b| b.key == g.key);
+            let spawned = g.spawned - before.map_or(0, |b| b.spawned.min(g.spawned));
+            let finished = g.finished - before.map_or(0, |b| b.finished.min(g.finished));
+            (spawned > 0).then(|| format!("{title} {spawned} spawned, {finished} finished"))
+        })
+        .collect();
+    if groups.is_empty() {
+        groups.push("no task spawned".to_owned());
+    }
+    let ran = tests.iter().filter(|t| t.reached_server.is_some()).count();
+    let reached = tests.iter().filter(|t| t.reached_server == Some(true)).count();
+    say!(out);
+    say!(out, "{BOLD}Watched{BOLD:#} runtimes: {}", runtimes.join(", "));
+    say!(out, "        tasks during the tests: {}", groups.join("; "));
+    say!(out, "        {reached} of {ran} tests reached the server");
 }
 
 /// The stalls again, after the table, so they are not lost in a long run's output.
@@ -409,7 +489,7 @@ fn stall_summary(out: &mut dyn Write, stalls: &[StallEntry]) {
     for s in stalls {
         let during = s.test.as_deref().unwrap_or("?");
         let at = s.blocked_in.as_deref().unwrap_or("(no frame of the server's own code)");
-        say!(out, "{MAGENTA}STALL{MAGENTA:#} {} ms in {at}, during {during}", s.stuck_ms);
+        say!(out, "{MAGENTA}STALL{MAGENTA:#} {} in {at}, during {during}", stall_length(s));
     }
 }
 
@@ -483,15 +563,35 @@ fn leaks(out: &mut dyn Write, leaks: &[Leak], tokio_unstable: bool) {
 }
 
 /// Overlapping operations, slow operations.
-fn operations(out: &mut dyn Write, concurrent: &[ConcurrentOps], tests: &[TestEntry], slow: &[SlowOps]) {
+fn operations(
+    out: &mut dyn Write,
+    concurrent: &[ConcurrentOps],
+    handovers: &[Handovers],
+    tests: &[TestEntry],
+    slow: &[SlowOps],
+) {
     for c in concurrent {
+        let lasted = match c.still_open_ms {
+            Some(ms) => format!("still open at the end of the run, after {ms} ms"),
+            None => format!("overlapping for {} ms", c.longest_ms),
+        };
         say!(
             out,
-            "{RED}CONCURRENT{RED:#} {} operations `{}` in flight at once for key {}, started in {}",
+            "{RED}CONCURRENT{RED:#} {} operations `{}` in flight at once for key {}, started in {}; {lasted}",
             c.max_in_flight,
             c.kind,
             c.key,
             c.tests.join(", ")
+        );
+    }
+    for h in handovers {
+        say!(
+            out,
+            "{DIM}handovers{DIM:#}: `{}` {}, longest {} ms (within the {} ms overlap grace; not findings)",
+            h.kind,
+            h.count,
+            h.longest_ms,
+            h.grace_ms
         );
     }
     let lingering: Vec<String> = tests
@@ -532,10 +632,14 @@ fn counters(out: &mut dyn Write, entries: &[CounterEntry]) {
 /// The closing summary.
 fn summary(out: &mut dyn Write, report: &Report) {
     let super::Tally { passed, failed, hung } = report.tally();
+    let ignored = match report.tests.iter().filter(|t| t.outcome == TestOutcome::Ignored).count() {
+        0 => String::new(),
+        n => format!(", {n} ignored"),
+    };
     let style = if report.exit_code == 0 { GREEN } else { RED };
     say!(out);
     say!(out,
-        "{style}Summary{style:#} {} tests: {passed} passed, {failed} failed, {hung} hung; {} leak{}; {} stall{}; shutdown {}",
+        "{style}Summary{style:#} {} tests: {passed} passed, {failed} failed, {hung} hung{ignored}; {} leak{}; {} stall{}; shutdown {}",
         report.tests.len(),
         report.leaks.len(),
         if report.leaks.len() == 1 { "" } else { "s" },

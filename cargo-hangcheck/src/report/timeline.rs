@@ -227,6 +227,8 @@ impl Timeline {
             }
             Event::Building { .. }
             | Event::RunStarted { .. }
+            | Event::Startup { .. }
+            | Event::StallEnded { .. }
             | Event::ProtocolError { .. }
             | Event::Warning { .. }
             | Event::Round { .. }
@@ -312,7 +314,14 @@ pub(crate) mod tests {
     use crate::suite::{Outcome, TestCase, TestRun};
 
     pub fn case(name: &str) -> TestCase {
-        TestCase { target: "e2e".into(), name: name.into(), exe: "t".into(), in_process: false, round: 0 }
+        TestCase {
+            target: "e2e".into(),
+            name: name.into(),
+            exe: "t".into(),
+            in_process: false,
+            ignored: false,
+            round: 0,
+        }
     }
 
     pub fn record(name: &str, epoch: u64, outcome: Outcome, waiters: u64, ops: &[(u64, u64)]) -> TestRecord {
@@ -340,6 +349,9 @@ pub(crate) mod tests {
                 slow_finished: 0,
                 overlap_events: 0,
                 overlaps: vec![],
+                handovers: 0,
+                longest_handover_ms: 0,
+                overlap_grace_ms: 100,
             }],
             ..Snapshot::default()
         };
@@ -360,6 +372,7 @@ pub(crate) mod tests {
             waiting: vec![],
             blocked_threads: vec![],
             last_events: vec![],
+            reached: Some(true),
         }
     }
 
@@ -381,6 +394,8 @@ pub(crate) mod tests {
             tokio_unstable: true,
             run_dir: Path::new("/r"),
             tests: &[],
+            watchdog: true,
+            stall_verdict: crate::cli::StallVerdict::Fail,
         };
         t.event_at(at(0), &started);
         t.event_at(at(5), &Event::Baseline { snapshot: &Snapshot::default() });

@@ -30,7 +30,7 @@ fn colour(outcome: TestOutcome) -> &'static str {
         TestOutcome::Passed => "good",
         TestOutcome::Failed | TestOutcome::SpawnFailed => "bad",
         TestOutcome::Hung => "terrible",
-        TestOutcome::Interrupted => "grey",
+        TestOutcome::Interrupted | TestOutcome::Ignored => "grey",
     }
 }
 
