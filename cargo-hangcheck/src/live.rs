@@ -96,8 +96,9 @@ fn live(args: &ServerArgs, signals: &Signals) -> Result<i32, SetupError> {
     }
 
     terminal::status("Stopping", "the server (SIGTERM)");
-    let stop = server
-        .stop(config.shutdown_grace, |link, pid| crate::stacks::evidence(link, pid, &run_dir, "shutdown").evidence);
+    let stop = server.stop(config.shutdown_grace, |link, pid| {
+        crate::stacks::evidence(link, pid, &run_dir, "shutdown", |s, _| crate::stacks::summarize_all(s, "")).evidence
+    });
     if stop == Stop::Hung {
         terminal::error(
             "shutdown hang: the server did not exit within the grace period; its stacks are in shutdown.stacks.txt",

@@ -41,6 +41,7 @@ mod rundir;
 mod server;
 mod settle;
 mod signal;
+mod stackfile;
 mod stacks;
 mod standing;
 mod suite;

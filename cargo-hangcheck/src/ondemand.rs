@@ -117,7 +117,7 @@ pub fn serve_snapshot(link: &mut AgentLink, previous: &mut Snapshot, run_dir: &R
 pub fn serve_stacks(link: &mut AgentLink, pid: u32, run_dir: &RunDir) -> Option<PathBuf> {
     let n = TAKEN.fetch_add(1, Ordering::Relaxed) + 1;
     let fetched = stacks::fetch(link, pid, run_dir);
-    match run_dir.write_durable(format!("ondemand/stacks-{n}.txt"), fetched.text.as_bytes()) {
+    match run_dir.write_durable(format!("ondemand/stacks-{n}.txt"), fetched.render(&[]).as_bytes()) {
         Ok(path) => {
             terminal::status("Stacks", format!("of the server ({}) written to {}", fetched.source, path.display()));
             Some(path)

@@ -474,7 +474,17 @@ impl Run<'_> {
         }
         let server = self.server_mut();
         let Ok(stacks) = server.link.stacks() else { return };
-        let _ = self.run_dir.write_durable("leaks.stacks.txt", stacks.render().as_bytes());
+        let summary: Vec<String> = leaks
+            .iter()
+            .filter(|l| matches!(l.kind, MeasureKind::Named | MeasureKind::Location))
+            .flat_map(|l| {
+                let waiting = crate::culprit::waiting_in(&stacks, |g| g == Some(l.group.as_str()), &self.root);
+                std::iter::once(format!("leaked group {}:", l.group))
+                    .chain(waiting.iter().map(|w| format!("  {}", w.describe())))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let _ = self.run_dir.write_durable("leaks.stacks.txt", crate::stackfile::render(&stacks, &summary).as_bytes());
         for leak in leaks.iter_mut().filter(|l| matches!(l.kind, MeasureKind::Named | MeasureKind::Location)) {
             leak.waiting = crate::culprit::waiting_in(&stacks, |g| g == Some(leak.group.as_str()), &self.root);
         }
@@ -506,9 +516,10 @@ impl Run<'_> {
         let grace =
             if self.signals.interrupted() { crate::process::INTERRUPTED_GRACE } else { self.config.shutdown_grace };
         let run_dir = &self.run_dir;
+        let root = self.root.as_str();
         let mut taken = None;
         let stop = server.stop(grace, |link, pid| {
-            let t = stacks::evidence(link, pid, run_dir, "shutdown");
+            let t = stacks::evidence(link, pid, run_dir, "shutdown", |s, _| stacks::summarize_all(s, root));
             taken = Some((t.evidence.files.clone(), t.source, t.snapshot));
             t.evidence
         });
@@ -592,31 +603,35 @@ impl Probe for ServerProbe<'_> {
             0 => format!("hangs/{}", crate::rundir::file_name(&id)),
             r => format!("rounds/{r}/hangs/{}", crate::rundir::file_name(&id)),
         };
-        let taken = stacks::evidence(&mut self.server.link, self.server.child.pid(), self.run_dir, &label);
+        let (before, root) = (&self.before, self.root);
+        let mut found = Found::default();
+        let taken =
+            stacks::evidence(&mut self.server.link, self.server.child.pid(), self.run_dir, &label, |stacks, now| {
+                // The test's tasks: those of the groups that grew while it ran.
+                let grew: Vec<&str> = now
+                    .iter()
+                    .flat_map(|now| now.groups.iter())
+                    .filter(|g| g.live > before.groups.iter().find(|b| b.key == g.key).map_or(0, |b| b.live))
+                    .map(|g| g.key.as_str())
+                    .collect();
+                found = Found {
+                    waiting: crate::culprit::waiting_in(stacks, |group| group.is_some_and(|g| grew.contains(&g)), root),
+                    blocked_threads: crate::culprit::blocked_threads(stacks, root),
+                    last_events: Vec::new(),
+                };
+                let mut summary = vec![format!("{id} hung; where its tasks wait:")];
+                summary.extend(found.waiting.iter().map(|w| format!("  {}", w.describe())));
+                summary.extend(crate::culprit::lock_note(&found.waiting).map(|n| format!("  {n}")));
+                summary.extend(found.blocked_threads.iter().map(|t| format!("  thread {t}")));
+                summary
+            });
+        self.found = found;
         self.reporters.emit(Event::EvidenceWritten {
             test: Some(&id),
             files: &taken.evidence.files,
             source: taken.source,
         });
         self.stacks_source = Some(taken.source);
-        if let (Some(stacks), Some(now)) = (&taken.stacks, &taken.snapshot) {
-            // The test's tasks: those of the groups that grew while it ran.
-            let grew: Vec<&str> = now
-                .groups
-                .iter()
-                .filter(|g| g.live > self.before.groups.iter().find(|b| b.key == g.key).map_or(0, |b| b.live))
-                .map(|g| g.key.as_str())
-                .collect();
-            self.found = Found {
-                waiting: crate::culprit::waiting_in(
-                    stacks,
-                    |group| group.is_some_and(|g| grew.contains(&g)),
-                    self.root,
-                ),
-                blocked_threads: crate::culprit::blocked_threads(stacks, self.root),
-                last_events: Vec::new(),
-            };
-        }
         if let Some(recorded) = &taken.recorded {
             self.found.last_events = crate::recorded::last_words(recorded, self.epoch);
         }

@@ -77,7 +77,7 @@ fn stall_writer(run_dir: RunDir) -> impl FnMut(&Stall) -> Option<PathBuf> + Send
                 task.location.as_deref().unwrap_or("?")
             ));
         }
-        text.push_str(&stall.stack.render());
+        text.push_str(&crate::stackfile::thread(&stall.stack));
         if let Some(recorded) = stall.recorded.as_ref().filter(|r| r.capacity > 0) {
             text.push_str(&format!("\nthe flight recorder's events before it: stall-{n}.events.jsonl\n"));
             let _ = run_dir.write_durable(format!("stalls/stall-{n}.events.jsonl"), &crate::recorded::jsonl(recorded));

@@ -24,10 +24,20 @@ const GDB_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Fetched {
     /// Who took them.
     pub source: StackSource,
-    /// The file's body.
+    /// The file's head (whose stacks, from where), and gdb's text when gdb took them.
     pub text: String,
     /// The agent's answer, when it answered: threads and async tasks, to read culprits off.
     pub stacks: Option<Stacks>,
+}
+
+impl Fetched {
+    /// The stack file's body, `summary` lines first when the agent answered.
+    pub fn render(&self, summary: &[String]) -> String {
+        match &self.stacks {
+            Some(stacks) => format!("{}{}", self.text, crate::stackfile::render(stacks, summary)),
+            None => self.text.clone(),
+        }
+    }
 }
 
 /// Fetches the stacks of the server `pid`, agent first, then gdb.
@@ -38,8 +48,7 @@ pub fn fetch(link: &mut AgentLink, pid: u32, run_dir: &RunDir) -> Fetched {
     }
     let why = match link.stacks() {
         Ok(stacks) => {
-            let header = format!("hangcheck: stacks of pid {pid}\nsource: agent\n\n");
-            let text = header + &stacks.render();
+            let text = format!("hangcheck: stacks of pid {pid}\nsource: agent\n\n");
             return Fetched { source: StackSource::Agent, text, stacks: Some(stacks) };
         }
         Err(e) => e.to_string(),
@@ -98,35 +107,52 @@ pub struct Taken {
     pub source: StackSource,
     /// The snapshot, if the agent answered.
     pub snapshot: Option<Snapshot>,
-    /// The agent's stacks, if it answered.
-    pub stacks: Option<Stacks>,
     /// The flight recorder's events, if the agent answered and records.
     pub recorded: Option<Recorded>,
 }
 
 /// What the runner writes about a hung server before anything is signalled: its stacks
 /// (agent, or gdb from outside), a snapshot (which groups are alive, and how old) and the
-/// flight recorder's events (what happened before), as `<prefix>.stacks.txt`,
-/// `<prefix>.snapshot.json` and `<prefix>.events.jsonl`, each fsynced. An agent that does
-/// not record (turned off, or older than the recorder) leaves the events file out.
-pub fn evidence(link: &mut AgentLink, pid: u32, run_dir: &RunDir, prefix: &str) -> Taken {
+/// flight recorder's events (what happened before), as `<prefix>.stacks.txt` (a summary
+/// first: the lines `summarize` reads off the agent's stacks and the snapshot),
+/// `<prefix>.stacks.json` (every frame), `<prefix>.snapshot.json` and
+/// `<prefix>.events.jsonl`, each fsynced. An agent that does not answer leaves the JSON
+/// stacks out; one that does not record (turned off, or older) the events.
+pub fn evidence(
+    link: &mut AgentLink,
+    pid: u32,
+    run_dir: &RunDir,
+    prefix: &str,
+    summarize: impl FnOnce(&Stacks, Option<&Snapshot>) -> Vec<String>,
+) -> Taken {
     let fetched = fetch(link, pid, run_dir);
     let agent = fetched.source == StackSource::Agent;
     let snapshot = if agent { link.snapshot(SNAPSHOT_TIMEOUT).ok() } else { None };
     let recorded = if agent { link.recorded(SNAPSHOT_TIMEOUT).ok().filter(|r| r.capacity > 0) } else { None };
+    let summary = fetched.stacks.as_ref().map(|s| summarize(s, snapshot.as_ref())).unwrap_or_default();
     let snapshot_body = match &snapshot {
         Some(s) => serde_json::to_vec_pretty(s).unwrap_or_default(),
         None => br#"{"error": "no snapshot: the agent did not answer"}"#.to_vec(),
     };
-    let mut files = vec![
-        (format!("{prefix}.stacks.txt"), fetched.text.into_bytes()),
-        (format!("{prefix}.snapshot.json"), snapshot_body),
-    ];
+    let mut files = vec![(format!("{prefix}.stacks.txt"), fetched.render(&summary).into_bytes())];
+    if let Some(stacks) = &fetched.stacks {
+        files.push((format!("{prefix}.stacks.json"), serde_json::to_vec(stacks).unwrap_or_default()));
+    }
+    files.push((format!("{prefix}.snapshot.json"), snapshot_body));
     if let Some(r) = &recorded {
         files.push((format!("{prefix}.events.jsonl"), crate::recorded::jsonl(r)));
     }
     let evidence = run_dir.write_all_evidence(&files);
-    Taken { evidence, source: fetched.source, snapshot, stacks: fetched.stacks, recorded }
+    Taken { evidence, source: fetched.source, snapshot, recorded }
+}
+
+/// The summary of a server that hangs as a whole (its shutdown): where every async task
+/// waits, and the threads blocked in its own code.
+pub fn summarize_all(stacks: &Stacks, root: &str) -> Vec<String> {
+    let mut lines: Vec<String> =
+        crate::culprit::waiting_in(stacks, |_| true, root).iter().map(crate::culprit::Waiting::describe).collect();
+    lines.extend(crate::culprit::blocked_threads(stacks, root).into_iter().map(|t| format!("thread {t}")));
+    lines
 }
 
 /// The kernel's state letter for a process (`T` when stopped), `?` if it is gone.

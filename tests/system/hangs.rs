@@ -74,7 +74,16 @@ fn a_hung_test_leaves_stacks_on_disk_and_the_next_tests_still_run() {
     assert!(text.contains("source: agent") && text.contains("thread "), "{text}");
     assert!(text.contains("tokio-rt-worker"), "every worker's stack is there: {text}");
     // The async task stacks (tokio's task dump) show where the request is parked.
-    assert!(text.contains("async task stacks:"), "{text}");
+    assert!(text.contains("== async tasks:"), "{text}");
+    // The file reads in the order of a diagnosis: the hung test's tasks first, with where
+    // they wait, then every async task, then the threads with tokio's frames folded; every
+    // frame is kept in the JSON beside it.
+    let (summary, threads) = (text.find("== summary").expect("a summary"), text.find("== threads").unwrap());
+    assert!(summary < threads && text[summary..threads].contains("waiting in never_answers::next_message"), "{text}");
+    assert!(text.contains(" frames of "), "runtime frames are folded: {text}");
+    let json = stacks.replace(".stacks.txt", ".stacks.json");
+    let full: serde_json::Value = serde_json::from_str(&read(Path::new(&json))).unwrap();
+    assert!(full["threads"].as_array().unwrap().iter().any(|t| t["frames"].as_array().unwrap().len() > 5));
     assert!(text.contains("never_answers::next_message"), "{text}");
     // And the terminal names it, under the HANG line: the function the request waits in,
     // its line, and what it awaits.
@@ -136,7 +145,11 @@ fn stacks_come_back_when_every_worker_is_blocked() {
     let test = &run.report()["tests"][0];
     assert_eq!(test["stacks_source"], "agent");
     let stacks = read(&run.run_dir().join("hangs/freeze.blocks_every_worker.stacks.txt"));
-    assert_eq!(stacks.matches("freezer::block_this_worker").count(), 2, "both workers, blocked:\n{stacks}");
+    let threads = &stacks[stacks.find("== threads").expect("a threads section")..];
+    assert_eq!(threads.matches("freezer::block_this_worker").count(), 2, "both workers, blocked:\n{stacks}");
+    // The summary names both, as blocked threads of the server's own code.
+    let summary = &stacks[..stacks.find("== threads").unwrap()];
+    assert_eq!(summary.matches("in freezer::block_this_worker at ").count(), 2, "{stacks}");
     assert_no_process_with(&mark);
 }
 
