@@ -64,7 +64,8 @@ fn recorder_events_zero_turns_the_recorder_off() {
     assert!(!report["server"]["capabilities"].as_array().unwrap().iter().any(|c| c == "recorder"), "{report:#}");
     let hung = report["tests"].as_array().unwrap().iter().find(|t| t["outcome"] == "hung").unwrap();
     let evidence = hung["evidence"].as_array().unwrap();
-    assert_eq!(evidence.len(), 2, "stacks and snapshot only: {evidence:#?}");
+    assert!(!evidence.iter().any(|e| e.as_str().unwrap().ends_with(".events.jsonl")), "no events file: {evidence:#?}");
+    assert_eq!(evidence.len(), 3, "stacks (text and JSON) and snapshot only: {evidence:#?}");
     assert!(hung.get("last_events").is_none(), "{hung:#}");
     assert_no_process_with(&mark);
 }
