@@ -2,7 +2,7 @@
 # Reproduces the figures of docs/performance.md.
 #
 #   benches/run.sh            every benchmark
-#   benches/run.sh spawn      one of: spawn load snapshot stacks stall runner recorder chaos
+#   benches/run.sh spawn      one of: spawn load snapshot stacks stall runner recorder chaos settle
 #
 # Builds the bench binary three ways, each in its own target directory (different
 # RUSTFLAGS would otherwise rebuild each other): stable; --cfg tokio_unstable (what
@@ -307,11 +307,32 @@ run_chaos() {
     done
 }
 
+# Settling after each test of the waiter-leak example (two of its seven tests leak a
+# waiter): the runner's own time per test, from report.json's settle_ms, median of 3 runs.
+run_settle() {
+    cargo build --quiet -p cargo-hangcheck
+    local reports=()
+    for _ in 1 2 3; do
+        target/debug/cargo-hangcheck hangcheck test -p waiter-leak --color never >"$T/settle.out" 2>&1 || true
+        reports+=("$(sed -n 's/^Report: //p' "$T/settle.out")")
+    done
+    python3 - "${reports[@]}" <<'PY'
+import json, statistics, sys
+runs = [json.load(open(p)) for p in sys.argv[1:]]
+leaked = {b["test"] for l in runs[0]["leaks"] for b in l["leaked_by"]}
+print("| test | leaks | settle, median of 3 (ms) |\n|---|---|---|")
+for i, t in enumerate(runs[0]["tests"]):
+    ms = statistics.median(r["tests"][i]["settle_ms"] for r in runs)
+    print(f"| {t['id']} | {'yes' if t['id'] in leaked else ''} | {ms:.0f} |")
+PY
+}
+
 : >"$OUT"
 machine
 case "$which" in
 runner) run_runner ;;
 chaos) run_chaos ;;
+settle) run_settle ;;
 recorder)
     echo "building the bench binary (stable, tokio_unstable)..." >&2
     build stable "" --release
@@ -327,7 +348,7 @@ all)
     for b in spawn load snapshot stacks stall runner recorder; do "run_$b"; done
     ;;
 *)
-    echo "usage: benches/run.sh [spawn|load|snapshot|stacks|stall|runner|recorder|chaos|all]" >&2
+    echo "usage: benches/run.sh [spawn|load|snapshot|stacks|stall|runner|recorder|chaos|settle|all]" >&2
     exit 2
     ;;
 esac

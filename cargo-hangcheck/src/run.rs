@@ -221,7 +221,7 @@ impl Run<'_> {
         let after = self.tests.len() as u64 + 1;
         let _ = self.server_mut().link.set_epoch(after, SNAPSHOT_TIMEOUT);
         let baseline = self.baseline.clone().unwrap_or_default();
-        let last = self.settle(&baseline, "the last test")?;
+        let last = self.settle(&baseline, "the last test", settle::Until::Back)?;
         self.take_events(None);
         self.record_snapshot("final", Some(after), &last)?;
         self.reporters.emit(Event::FinalSnapshot { snapshot: &last });
@@ -403,7 +403,7 @@ impl Run<'_> {
         }
         let previous = self.last.clone().unwrap_or_default();
         let started = std::time::Instant::now();
-        let snapshot = self.settle(&previous, &id)?;
+        let snapshot = self.settle(&previous, &id, settle::Until::BackOrParked)?;
         record.settle = started.elapsed();
         self.record_snapshot(&id, Some(record.epoch), &snapshot)?;
         record.lingering = analysis::lingering(&snapshot, record.epoch);
@@ -422,10 +422,10 @@ impl Run<'_> {
         answer.map_err(|e| server.failure(format!("the agent did not answer {what} snapshot: {e}")))
     }
 
-    fn settle(&mut self, before: &Snapshot, after: &str) -> Result<Snapshot, SetupError> {
+    fn settle(&mut self, before: &Snapshot, after: &str, until: settle::Until) -> Result<Snapshot, SetupError> {
         let max = self.config.settle;
         let server = self.server.as_mut().expect("the server is started before any test");
-        settle::settle(&mut server.link, before, max, &self.config.leaks, &self.signals).map_err(|e| {
+        settle::settle(&mut server.link, before, max, until, &self.config.leaks, &self.signals).map_err(|e| {
             let stopped = stacks::process_state(server.child.pid()) == "T";
             let cause = if stopped {
                 format!("the server is stopped (SIGSTOP) and cannot answer after {after}: {e}")

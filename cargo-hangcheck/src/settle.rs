@@ -3,6 +3,12 @@
 //! After a test the runner re-snapshots until no measure is above where it stood before
 //! the test (tasks, operations, fds, threads), or the settle time runs out; a connection
 //! task that ends a moment after its client has gone is then not counted.
+//!
+//! A test that leaks never gets back down, so waiting for that alone made every leaking
+//! test cost the whole settle time. After a test the runner also stops once the server is
+//! *parked*: every measure unchanged and not one poll started by any watched worker for
+//! [`PARKED_FOR`], and nothing queued. Survivors that nothing wakes are left, not still
+//! finishing. The final settle, which the verdicts are read from, keeps the full rule.
 
 use std::time::{Duration, Instant};
 
@@ -15,24 +21,79 @@ use crate::signal::Signals;
 /// How long a single snapshot request may take.
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Re-snapshots until nothing judged is above `before`, or `max` has passed, or the run is
-/// interrupted. Returns the last snapshot.
+/// How long the server must stay parked (no poll, nothing changed) to end a test's settle.
+pub const PARKED_FOR: Duration = Duration::from_millis(25);
+
+/// When settling may end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Back at `before`, or parked: after each test.
+    BackOrParked,
+    /// Back at `before` only: the final settle, which the verdicts are read from.
+    Back,
+}
+
+/// Re-snapshots until nothing judged is above `before` (or, with [`Until::BackOrParked`],
+/// the server is parked), or `max` has passed, or the run is interrupted. Returns the last
+/// snapshot.
 pub fn settle(
     link: &mut AgentLink,
     before: &Snapshot,
     max: Duration,
+    until: Until,
     policy: &LeakPolicy,
     signals: &Signals,
 ) -> Result<Snapshot, LinkError> {
     let deadline = Instant::now() + max;
     let mut pause = Duration::from_millis(5);
+    // The first snapshot of the current parked stretch, and when it was taken.
+    let mut stretch: Option<(Snapshot, Instant)> = None;
     loop {
         let now = link.snapshot(SNAPSHOT_TIMEOUT)?;
-        if !analysis::grew(before, &now, policy) || Instant::now() >= deadline || signals.interrupted() {
+        let taken = Instant::now();
+        if !analysis::grew(before, &now, policy) || taken >= deadline || signals.interrupted() {
             return Ok(now);
+        }
+        if until == Until::BackOrParked {
+            match &stretch {
+                Some((first, since)) if parked(first, &now) => {
+                    if taken.duration_since(*since) >= PARKED_FOR {
+                        return Ok(now);
+                    }
+                }
+                _ => stretch = Some((now, taken)),
+            }
         }
         std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
         pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Whether the server did nothing between two snapshots: every measure the same, not one
+/// poll started by a watched worker, nothing waiting in a runtime's global queue. An agent
+/// that does not count polls (activity 0) is never taken for parked.
+pub fn parked(first: &Snapshot, now: &Snapshot) -> bool {
+    now.worker_activity > 0
+        && now.worker_activity == first.worker_activity
+        && analysis::same_measures(first, now)
+        && now.runtimes.iter().filter_map(|r| r.stats.as_ref()).all(|s| s.global_queue_depth == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parked_means_no_poll_no_change_and_an_agent_that_counts() {
+        let first = Snapshot { worker_activity: 40, ..Snapshot::default() };
+        assert!(parked(&first, &first.clone()));
+        let polled = Snapshot { worker_activity: 41, ..Snapshot::default() };
+        assert!(!parked(&first, &polled));
+        let mut changed = first.clone();
+        changed.process.fds.socket = 1;
+        assert!(!parked(&first, &changed));
+        let uncounted = Snapshot::default();
+        assert!(!parked(&uncounted, &uncounted.clone()), "an older agent reports no activity");
     }
 }
 
