@@ -79,24 +79,6 @@ pub fn parked(first: &Snapshot, now: &Snapshot) -> bool {
         && now.runtimes.iter().filter_map(|r| r.stats.as_ref()).all(|s| s.global_queue_depth == 0)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parked_means_no_poll_no_change_and_an_agent_that_counts() {
-        let first = Snapshot { worker_activity: 40, ..Snapshot::default() };
-        assert!(parked(&first, &first.clone()));
-        let polled = Snapshot { worker_activity: 41, ..Snapshot::default() };
-        assert!(!parked(&first, &polled));
-        let mut changed = first.clone();
-        changed.process.fds.socket = 1;
-        assert!(!parked(&first, &changed));
-        let uncounted = Snapshot::default();
-        assert!(!parked(&uncounted, &uncounted.clone()), "an older agent reports no activity");
-    }
-}
-
 /// Snapshots until the server is quiet: every judged measure unchanged for `quiet`,
 /// or `until` has passed. Returns the last snapshot and whether it was quiet.
 pub fn quiet(
@@ -120,5 +102,23 @@ pub fn quiet(
             since = Instant::now();
         }
         last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parked_means_no_poll_no_change_and_an_agent_that_counts() {
+        let first = Snapshot { worker_activity: 40, ..Snapshot::default() };
+        assert!(parked(&first, &first.clone()));
+        let polled = Snapshot { worker_activity: 41, ..Snapshot::default() };
+        assert!(!parked(&first, &polled));
+        let mut changed = first.clone();
+        changed.process.fds.socket = 1;
+        assert!(!parked(&first, &changed));
+        let uncounted = Snapshot::default();
+        assert!(!parked(&uncounted, &uncounted.clone()), "an older agent reports no activity");
     }
 }
