@@ -292,7 +292,12 @@ pub struct TestArgs {
     #[arg(long, value_name = "SCHEME:M/N", value_parser = crate::partition::parse, help_heading = "Target Selection")]
     pub partition: Option<crate::partition::Partition>,
 
-    /// Run only tests whose name contains one of these.
+    /// Match the test-name filters exactly (`name` or `target::name`), as libtest's
+    /// `--exact` does, instead of as substrings.
+    #[arg(long, help_heading = "Target Selection")]
+    pub exact: bool,
+
+    /// Run only tests whose name contains one of these (with --exact: is one of these).
     #[arg(value_name = "TESTNAME")]
     pub filters: Vec<String>,
 }

@@ -82,6 +82,8 @@ pub struct Config {
     pub test_targets: Vec<String>,
     /// Test-name filters (substring match); empty runs all.
     pub filters: Vec<String>,
+    /// The filters match whole names (`--exact`).
+    pub exact: bool,
     /// The leaks of `--baseline`, to judge this run's against.
     pub baseline: Option<crate::standing::Baseline>,
     /// Which of them fail the run.
@@ -237,6 +239,7 @@ impl Config {
             ready: server_args.ready.or(server.ready).unwrap_or(Ready::Announce),
             test_targets,
             filters: args.filters.clone(),
+            exact: args.exact,
             partition: args.partition,
             rounds,
             baseline: match &args.baseline {

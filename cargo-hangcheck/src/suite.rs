@@ -93,7 +93,8 @@ pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals)
         let ignored = if in_process { Vec::new() } else { list_one(config, target, exe, true, run_dir, signals)?.0 };
         let selected = all.into_iter().filter_map(|name| {
             let ignored = ignored.contains(&name);
-            let wanted = config.filters.is_empty() || config.filters.iter().any(|f| name.contains(f.as_str()));
+            let wanted =
+                config.filters.is_empty() || config.filters.iter().any(|f| matches(f, target, &name, config.exact));
             (wanted && (ignored || config.run_ignored != RunIgnored::Only)).then(|| TestCase {
                 target: target.clone(),
                 name,
@@ -238,4 +239,28 @@ pub const TEST_GRACE: Duration = Duration::from_secs(1);
 
 pub fn spawn_failed(why: String, log: PathBuf) -> TestRun {
     TestRun { outcome: Outcome::SpawnFailed(why), duration: Duration::ZERO, log, evidence: Vec::new(), panic: None }
+}
+
+/// Whether a test-name filter selects test `name` of `target`: a substring of the name,
+/// or with `exact` the whole name or `target::name`, as libtest's `--exact`.
+fn matches(filter: &str, target: &str, name: &str, exact: bool) -> bool {
+    if exact {
+        filter == name || filter.strip_prefix(target).and_then(|r| r.strip_prefix("::")) == Some(name)
+    } else {
+        name.contains(filter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn filters_match_substrings_or_with_exact_whole_names() {
+        assert!(matches("watch", "e2e", "watch_and_leave", false));
+        assert!(!matches("watch", "e2e", "watch_and_leave", true));
+        assert!(matches("watch_and_leave", "e2e", "watch_and_leave", true));
+        assert!(matches("e2e::watch_and_leave", "e2e", "watch_and_leave", true));
+        assert!(!matches("smoke::watch_and_leave", "e2e", "watch_and_leave", true));
+    }
 }
