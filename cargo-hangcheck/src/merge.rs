@@ -6,14 +6,15 @@
 //! stalls, overlaps and leftovers are listed one after the other (a leak names the tests
 //! of its shard that grew it), a shutdown hang in any shard is the merged shutdown's
 //! outcome, and the baseline and final snapshots and the counters, which only mean
-//! something for one server, are left out. The verdict is the most severe of the shards'
+//! something for one server, are left out. Shards run with rounds join their flake
+//! tables, and `rounds` holds the most rounds any shard ran. The verdict is the most severe of the shards'
 //! (the README's order of exit codes), and `merged_from` lists the reports it came from.
 
 use std::path::{Path, PathBuf};
 
 use crate::cli::MergeArgs;
 use crate::exit;
-use crate::report::{self, Report, ShutdownOutcome, Verdict};
+use crate::report::{self, Report, RoundsEntry, ShutdownOutcome, Verdict};
 use crate::rundir::RunDir;
 
 /// Runs `cargo hangcheck merge` and returns the exit code.
@@ -140,6 +141,12 @@ fn merge(reports: Vec<Report>, out: PathBuf) -> Report {
         merged.shutdown.stacks_source = merged.shutdown.stacks_source.or(r.shutdown.stacks_source);
         merged.protocol_errors.extend(r.protocol_errors);
         merged.leftover_processes.extend(r.leftover_processes);
+        // Shards run with rounds: each test is in one shard, so the flake tables join.
+        merged.flakes.extend(r.flakes);
+        if let Some(rounds) = r.rounds {
+            let most = merged.rounds.map_or(0, |m| m.count).max(rounds.count);
+            merged.rounds = Some(RoundsEntry { count: most, ..rounds });
+        }
     }
     merged
 }
@@ -183,5 +190,21 @@ pub mod tests {
         assert_eq!(merged.exit_code, exit::HANG);
         let merged = merge(vec![report(Verdict::SetupError, &[]), report(Verdict::Ok, &["b"])], PathBuf::from("/m"));
         assert_eq!(merged.exit_code, exit::SETUP);
+    }
+
+    #[test]
+    fn shards_run_in_rounds_join_their_flake_tables() {
+        let shard = |id: &str, rounds: u32| {
+            let mut r = report(Verdict::Hang, &[id]);
+            let flake = serde_json::json!({ "id": id, "rounds": rounds, "passed": rounds - 1, "failed": 0,
+                "hung": 1, "stalled": 0, "first_failure": 2 });
+            r.flakes = vec![serde_json::from_value(flake).unwrap()];
+            r.rounds = Some(RoundsEntry { count: rounds, shuffle_seed: Some(9), chaos_seed: None });
+            r
+        };
+        let merged = merge(vec![shard("a", 5), shard("b", 3)], PathBuf::from("/m"));
+        assert_eq!(merged.flakes.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let rounds = merged.rounds.unwrap();
+        assert_eq!((rounds.count, rounds.shuffle_seed), (5, Some(9)));
     }
 }
