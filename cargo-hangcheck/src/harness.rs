@@ -80,19 +80,27 @@ pub struct Context<'a> {
 }
 
 impl Harnesses {
-    /// The plans of the in-process targets among `cases` (in the order they will run).
-    pub fn new(cases: &[TestCase]) -> Harnesses {
-        let mut plans: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    /// Plans the in-process targets among `cases`, in the order they will run: once per
+    /// round, since `--shuffle` gives each round an order of its own and a harness runs
+    /// its trials in the order of its plan. A harness still running from the previous
+    /// round is let go first.
+    pub fn plan(&mut self, cases: &[TestCase], signals: &Signals) {
+        self.finish(signals);
+        self.plans.clear();
         for case in cases.iter().filter(|c| c.in_process) {
-            plans.entry(case.target.clone()).or_default().push(case.name.clone());
+            self.plans.entry(case.target.clone()).or_default().push(case.name.clone());
         }
-        Harnesses { plans, ..Harnesses::default() }
     }
 
     /// Runs one trial of an in-process target, starting its harness if none is running.
     pub fn run(&mut self, case: &TestCase, cx: &Context, probe: &mut dyn Probe) -> TestRun {
         if self.running.as_ref().is_some_and(|r| r.target != case.target) {
-            self.finish(cx.signals);
+            // A shuffled round moved on to another target before this harness's last
+            // trial: it waits for a `go` that will not come, so there is no exit to await.
+            // Its remaining trials get a harness of their own when their turn comes.
+            if let Some(mut running) = self.running.take() {
+                running.child.terminate(Evidence::none("another target's trial comes first"), Duration::ZERO);
+            }
         }
         let mut running = match self.running.take() {
             Some(r) => r,

@@ -137,7 +137,6 @@ impl Run<'_> {
     fn execute(&mut self) -> Result<(), SetupError> {
         let cases = suite::list(&self.config, &self.built, &self.run_dir, &self.signals)?;
         self.check_selection(&cases)?;
-        self.harnesses = Harnesses::new(&cases);
         self.reporters.emit(Event::RunStarted {
             package: &self.config.package,
             server_bin: &self.config.server_bin,
@@ -183,6 +182,7 @@ impl Run<'_> {
                 }
                 self.reporters.emit(Event::Round { round, seed: plan.shuffle, chaos: plan.chaos });
             }
+            self.harnesses.plan(&order, &self.signals);
             let stalls_before = self.stall_count;
             for case in &order {
                 if self.signals.interrupted() {

@@ -80,6 +80,25 @@ fn the_same_shuffle_seed_gives_the_same_order_twice() {
 }
 
 #[test]
+fn shuffled_rounds_interleave_harness_trials_and_test_processes_and_every_one_runs() {
+    // A shuffled round goes back and forth between a harness target (one process, its
+    // trials in the order of a plan) and a libtest target (a process per test): each
+    // round's plan follows that round's order, and a harness left mid-plan is replaced.
+    let mark = marker("mixed");
+    let run = hangcheck_test(&["-p", "mixed-targets", "--shuffle=7", "--repeat", "3", "--server-env", &mark]);
+    assert_eq!(run.code, 0, "{run}");
+    let report = run.report();
+    let order = ran(&report);
+    assert_eq!(order.len(), 15, "five tests, three rounds\n{run}");
+    let outcomes: Vec<_> = report["tests"].as_array().unwrap().iter().map(|t| t["outcome"].clone()).collect();
+    assert!(outcomes.iter().all(|o| o == "passed"), "{outcomes:?}\n{run}");
+    let round1: Vec<_> = order.iter().filter(|(r, _)| *r == 1).map(|(_, id)| id.as_str()).collect();
+    let switches = round1.windows(2).filter(|w| w[0].split("::").next() != w[1].split("::").next()).count();
+    assert!(switches >= 2, "seed 7 interleaves the targets: {round1:?}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
 fn chaos_seed_is_printed_recorded_and_handed_to_the_server() {
     let mark = marker("chaos");
     let run = hangcheck_test(&["-p", "lost-wakeup", "--chaos=5", "--server-env", &mark, "ping"]);
