@@ -97,11 +97,7 @@ impl Agent {
 
     /// Stalls seen since the last look, each with its stack taken now.
     fn stalls(&self) -> Vec<Stall> {
-        #[cfg(tokio_unstable)]
-        let describe = crate::hooks::describe_task;
-        #[cfg(not(tokio_unstable))]
-        let describe = |_: u64| None;
-        let mut stalls = self.watchdog.check(self.registry.epoch(), describe);
+        let mut stalls = self.watchdog.check(self.registry.epoch(), describe_task);
         // Each stall goes into the recorder, and the recorder's events up to it go with it.
         for stall in &mut stalls {
             let task = stall.task.as_ref().map_or(0, |t| t.id);
@@ -123,13 +119,25 @@ impl Agent {
                 // Thread stacks first: they come back even from a frozen runtime.
                 let mut stacks = stacks::all();
                 let budget = budget.unwrap_or(StacksBudget::DEFAULT);
-                stacks.tasks =
-                    Some(taskdump::dump(crate::runtimes::first_handle().as_ref(), self.watchdog.stuck(), budget));
+                let handle = crate::runtimes::first_handle();
+                stacks.tasks = Some(taskdump::dump(handle.as_ref(), self.watchdog.stuck(), budget, describe_task));
                 fit(&mut stacks);
                 AgentMessage::Stacks { id, stacks }
             }
         }
     }
+}
+
+/// A live task's group key and spawn location, from the hooks' live-task table.
+#[cfg(tokio_unstable)]
+fn describe_task(id: u64) -> Option<(String, Option<String>)> {
+    crate::hooks::describe_task(id)
+}
+
+/// Without `tokio_unstable` there are no task hooks, so no table to name tasks from.
+#[cfg(not(tokio_unstable))]
+fn describe_task(_: u64) -> Option<(String, Option<String>)> {
+    None
 }
 
 /// Makes a stacks answer fit the message limit whatever the budget said: task groups

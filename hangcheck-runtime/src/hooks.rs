@@ -15,15 +15,15 @@
 
 use tokio::runtime::Builder;
 
-use crate::agent::Agent;
+use crate::registry::Registry;
 use crate::runtimes::{Hook, Runtime};
 
 #[cfg(tokio_unstable)]
-pub(crate) use unstable::{describe_task, task_id, NamedSpawn};
+pub(crate) use unstable::{describe_task, NamedSpawn};
 
 /// Installs the hooks this build of tokio offers and records the runtime about to be
 /// built, named `label` (else after the building thread).
-pub(crate) fn install(builder: &mut Builder, agent: &'static Agent, label: Option<&str>) {
+pub(crate) fn install(builder: &mut Builder, registry: &'static Registry, label: Option<&str>) {
     #[cfg(tokio_unstable)]
     let hooks = vec![Hook::TaskSpawn, Hook::TaskPoll, Hook::ThreadStart];
     #[cfg(not(tokio_unstable))]
@@ -31,10 +31,10 @@ pub(crate) fn install(builder: &mut Builder, agent: &'static Agent, label: Optio
     let runtime = Runtime::register(label, hooks);
     builder.on_thread_start(move || runtime.thread_started()).on_thread_stop(move || runtime.thread_stopped());
     #[cfg(tokio_unstable)]
-    unstable::install(builder, agent, runtime);
+    unstable::install(builder, registry, runtime);
     #[cfg(not(tokio_unstable))]
     {
-        let _ = agent;
+        let _ = registry;
         builder
             .on_thread_unpark(move || {
                 runtime.fired(Hook::ThreadPark);
@@ -55,10 +55,9 @@ mod unstable {
 
     use tokio::runtime::{Builder, TaskMeta};
 
-    use crate::agent::Agent;
     use crate::protocol::RecordedKind;
     use crate::recorder;
-    use crate::registry::{Group, IntHash, TaskGuard};
+    use crate::registry::{Group, IntHash, Registry, TaskGuard};
     use crate::runtimes::{Hook, Runtime};
     use crate::watchdog;
 
@@ -106,7 +105,7 @@ mod unstable {
         }
     }
 
-    pub(crate) use crate::recorder::task_id;
+    use crate::recorder::task_id;
 
     fn id_of(meta: &TaskMeta<'_>) -> u64 {
         task_id(&meta.id())
@@ -116,7 +115,7 @@ mod unstable {
         LIVE[(id as usize) % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(super) fn install(builder: &mut Builder, agent: &'static Agent, runtime: &'static Runtime) {
+    pub(super) fn install(builder: &mut Builder, registry: &'static Registry, runtime: &'static Runtime) {
         builder
             .on_task_spawn(move |meta| {
                 runtime.fired(Hook::TaskSpawn);
@@ -130,10 +129,10 @@ mod unstable {
                 });
                 let tracked = match named {
                     Some(group) => Tracked::Named(group),
-                    None => Tracked::Location(agent.registry.born_into(agent.registry.site_group(meta.spawned_at()))),
+                    None => Tracked::Location(registry.born_into(registry.site_group(meta.spawned_at()))),
                 };
                 let name = tracked.group().recorder_name();
-                recorder::record(RecordedKind::TaskSpawn, name, id, agent.registry.epoch());
+                recorder::record(RecordedKind::TaskSpawn, name, id, registry.epoch());
                 shard(id).get_or_insert_with(|| HashMap::with_hasher(IntHash)).insert(id, tracked);
             })
             .on_task_terminate(|meta| {

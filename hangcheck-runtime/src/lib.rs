@@ -108,7 +108,7 @@ mod api {
     /// thread that built it; [`instrument_named`] gives it a name of your choosing.
     pub fn instrument(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
         if let Some(agent) = agent::get() {
-            crate::hooks::install(builder, agent, None);
+            crate::hooks::install(builder, &agent.registry, None);
         }
         builder
     }
@@ -128,7 +128,7 @@ mod api {
         name: &str,
     ) -> &'b mut tokio::runtime::Builder {
         if let Some(agent) = agent::get() {
-            crate::hooks::install(builder, agent, Some(name));
+            crate::hooks::install(builder, &agent.registry, Some(name));
         }
         builder
     }

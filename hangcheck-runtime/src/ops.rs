@@ -129,6 +129,17 @@ pub(crate) fn key_of(key: &str, plain: bool) -> String {
     format!("#{:016x}", h.finish())
 }
 
+/// The hash of an operation key as stored (`#` and 16 hex digits), or of a plain key.
+pub(crate) fn key_hash(key: &str) -> u64 {
+    if let Some(hex) = key.strip_prefix('#').filter(|h| h.len() == 16) {
+        if let Ok(h) = u64::from_str_radix(hex, 16) {
+            return h;
+        }
+    }
+    let digest = key_of(key, false);
+    u64::from_str_radix(&digest[1..], 16).unwrap_or(0)
+}
+
 impl Ops {
     fn kind(&self, name: &str) -> Arc<OpKind> {
         let mut kinds = lock(&self.kinds);
@@ -149,7 +160,7 @@ impl Ops {
     pub(crate) fn start(&self, kind: &str, key: String, epoch: u64) -> OpGuard {
         let kind = self.kind(kind);
         kind.started.fetch_add(1, Ordering::Relaxed);
-        recorder::record(RecordedKind::OpStart, kind.recorder_name, recorder::current_task(), recorder::key_hash(&key));
+        recorder::record(RecordedKind::OpStart, kind.recorder_name, recorder::current_task(), key_hash(&key));
         let mut state = lock(&kind.state);
         let now = Instant::now();
         let entry = state.per_key.entry(key.clone()).or_default();
@@ -286,7 +297,7 @@ impl Drop for OpGuard {
             }
         }
         drop(state);
-        let key = recorder::key_hash(&r.key);
+        let key = key_hash(&r.key);
         recorder::record(RecordedKind::OpEnd, self.kind.recorder_name, recorder::current_task(), key);
         self.kind.finished.fetch_add(1, Ordering::Relaxed);
         if r.budget.is_some_and(|b| r.born.elapsed() > b) {

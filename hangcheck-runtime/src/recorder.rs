@@ -241,20 +241,10 @@ pub(crate) fn task_id(id: &tokio::task::Id) -> u64 {
     reader.finish()
 }
 
-/// The hash of an operation key as stored (`#` and 16 hex digits), or of a plain key.
-pub(crate) fn key_hash(key: &str) -> u64 {
-    if let Some(hex) = key.strip_prefix('#').filter(|h| h.len() == 16) {
-        if let Ok(h) = u64::from_str_radix(hex, 16) {
-            return h;
-        }
-    }
-    let digest = crate::ops::key_of(key, false);
-    u64::from_str_radix(&digest[1..], 16).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::key_hash;
 
     #[test]
     fn the_ring_keeps_the_last_events_whole_and_in_order_with_their_names() {

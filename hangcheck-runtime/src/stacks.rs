@@ -204,27 +204,25 @@ fn thread_state(tid: i32) -> String {
     stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?").to_owned()
 }
 
-/// One thread's stack, and when (the watchdog's clock) its raw frames were taken, before
-/// the slower symbolisation.
-pub(crate) fn thread_at(tid: i32, timeout: Duration, captured: impl FnOnce()) -> (ThreadStack, u64) {
+/// One thread's stack; `captured` runs as soon as the raw frames are in hand, before the
+/// slower symbolisation (the watchdog reads its clock there).
+pub(crate) fn thread_at(tid: i32, timeout: Duration, captured: impl FnOnce()) -> ThreadStack {
     thread_with(tid, timeout, true, captured)
 }
 
-fn thread_with(tid: i32, timeout: Duration, symbolise: bool, on_captured: impl FnOnce()) -> (ThreadStack, u64) {
+fn thread_with(tid: i32, timeout: Duration, symbolise: bool, on_captured: impl FnOnce()) -> ThreadStack {
     let name = proc_task(tid, "comm").trim().to_owned();
     let state = thread_state(tid);
     let captured = capture_ips(tid, timeout);
-    let taken_at = crate::watchdog::now_ns();
     on_captured();
-    let stack = match captured {
+    match captured {
         Ok(ips) if !symbolise => {
             let frames = ips.iter().map(|_| Frame { function: None, file: None, line: None }).collect();
             ThreadStack { tid: tid as u32, name, state, frames, note: None }
         }
         Ok(ips) => ThreadStack { tid: tid as u32, name, state, frames: symbolize(&ips), note: None },
         Err(note) => ThreadStack { tid: tid as u32, name, state, frames: Vec::new(), note: Some(note) },
-    };
-    (stack, taken_at)
+    }
 }
 
 /// Every thread's stack.
@@ -252,7 +250,7 @@ pub(crate) fn all_with(symbolise: bool) -> Stacks {
             });
             continue;
         }
-        threads.push(thread_with(tid, PER_THREAD, symbolise, || {}).0);
+        threads.push(thread_with(tid, PER_THREAD, symbolise, || {}));
     }
     Stacks { source: StackSource::Agent, took_ms: started.elapsed().as_millis() as u64, threads, tasks: None }
 }
@@ -291,7 +289,7 @@ mod tests {
             .spawn(move || parked_in_a_recognisable_function(stop_rx, tid_tx))
             .unwrap();
         let tid = tid_rx.recv().unwrap();
-        let stack = thread_at(tid, Duration::from_secs(5), || {}).0;
+        let stack = thread_at(tid, Duration::from_secs(5), || {});
         stop_tx.send(()).unwrap();
         handle.join().unwrap();
         assert_eq!(stack.name, "blocked-one");

@@ -24,9 +24,17 @@ use tokio::runtime::Handle;
 
 use crate::protocol::{StacksBudget, TaskDump};
 
+/// Names a live task by id: its group key and spawn location (the hooks' live-task table).
+pub(crate) type Describe = fn(u64) -> Option<(String, Option<String>)>;
+
 /// Dumps the runtime's tasks within `budget`, or says why not. `stuck` is the watchdog's
-/// reason to skip.
-pub(crate) fn dump(runtime: Option<&Handle>, stuck: Option<String>, budget: StacksBudget) -> TaskDump {
+/// reason to skip; `describe` names each task dumped.
+pub(crate) fn dump(
+    runtime: Option<&Handle>,
+    stuck: Option<String>,
+    budget: StacksBudget,
+    describe: Describe,
+) -> TaskDump {
     let skipped = |reason: String| TaskDump {
         tasks: Vec::new(),
         groups: Vec::new(),
@@ -44,7 +52,8 @@ pub(crate) fn dump(runtime: Option<&Handle>, stuck: Option<String>, budget: Stac
     if let Some(reason) = stuck {
         return skipped(format!("{reason}; a dump needs every worker and would not finish"));
     }
-    imp::dump(handle, Duration::from_millis(budget.deadline_ms), budget.max_bytes as usize).unwrap_or_else(skipped)
+    imp::dump(handle, Duration::from_millis(budget.deadline_ms), budget.max_bytes as usize, describe)
+        .unwrap_or_else(skipped)
 }
 
 // Used only where task dumps exist (and by the tests).
@@ -134,7 +143,12 @@ mod imp {
         }
     }
 
-    pub(super) fn dump(handle: &Handle, limit: Duration, max_bytes: usize) -> Result<TaskDump, String> {
+    pub(super) fn dump(
+        handle: &Handle,
+        limit: Duration,
+        max_bytes: usize,
+        describe: super::Describe,
+    ) -> Result<TaskDump, String> {
         if RUNNING.swap(true, Ordering::AcqRel) {
             return Err("an earlier task dump is still finishing in the background".into());
         }
@@ -160,8 +174,8 @@ mod imp {
         };
         let tasks: Vec<_> = dump.tasks().iter().collect();
         let described = tasks.iter().map(|task| {
-            let id = crate::hooks::task_id(&task.id());
-            let (group, location) = crate::hooks::describe_task(id).map_or((None, None), |(g, l)| (Some(g), l));
+            let id = crate::recorder::task_id(&task.id());
+            let (group, location) = describe(id).map_or((None, None), |(g, l)| (Some(g), l));
             (id, group, location, task.trace().to_string())
         });
         let mut grouped = super::group(described, tasks.len(), max_bytes, deadline);
@@ -183,7 +197,7 @@ mod imp {
 
     use crate::protocol::TaskDump;
 
-    pub(super) fn dump(_: &Handle, _: Duration, _: usize) -> Result<TaskDump, String> {
+    pub(super) fn dump(_: &Handle, _: Duration, _: usize, _: super::Describe) -> Result<TaskDump, String> {
         Err("the server was built without task dumps (they need --cfg tokio_unstable and hangcheck-runtime's \
              `taskdump` feature on Linux; `cargo hangcheck test` passes both unless --stable)"
             .into())

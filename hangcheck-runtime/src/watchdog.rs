@@ -205,7 +205,9 @@ impl Watchdog {
             // while symbols load.
             let mut ended_during_capture = false;
             let mut number = 0;
-            let (mut stack, taken_at) = stacks::thread_at(w.tid, stacks::PER_THREAD, || {
+            let mut taken_at = 0;
+            let mut stack = stacks::thread_at(w.tid, stacks::PER_THREAD, || {
+                taken_at = now_ns();
                 ended_during_capture =
                     w.seq.load(Ordering::Relaxed) != seq || w.busy_since.load(Ordering::Acquire) != since;
                 number = self.stalls.fetch_add(1, Ordering::Relaxed) + 1;
