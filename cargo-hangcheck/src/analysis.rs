@@ -196,6 +196,10 @@ pub struct Leak {
     /// Whether it fails the run; only `--fail-on` with a baseline lets a leak through.
     #[serde(default = "yes")]
     pub fails: bool,
+    /// With `--fresh-server`: the round whose server it leaked in (judged against that
+    /// round's baseline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -264,6 +268,7 @@ pub fn leaks(
             waiting: Vec::new(),
             standing: None,
             baseline_growth: None,
+            round: None,
             fails: true,
         });
     }

@@ -213,6 +213,7 @@ pub enum StallVerdict {
 
 /// `cargo hangcheck test`.
 #[derive(Args, Debug, Default)]
+#[command(group(clap::ArgGroup::new("rounds").args(["repeat", "for_duration", "until_fail"]).multiple(true)))]
 pub struct TestArgs {
     #[command(flatten)]
     pub server: ServerArgs,
@@ -245,6 +246,15 @@ pub struct TestArgs {
     /// tokio's RNG seeded from SEED (printed and recorded). Needs a tokio_unstable build.
     #[arg(long, value_name = "SEED", num_args = 0..=1, require_equals = true, help_heading = "Rounds")]
     pub chaos: Option<Option<u64>>,
+    /// With rounds (--repeat, --for or --until-fail), a server of its own for each round:
+    /// stopped as at the end of a run (its shutdown judged), started again, a fresh
+    /// baseline; leaks are judged per round, against that round's baseline.
+    #[arg(long, requires = "rounds", help_heading = "Rounds")]
+    pub fresh_server: bool,
+    /// Run N copies of each test at once against the server, to shake out races; the
+    /// test's outcome is the worst of its copies, its leaks the sum over them.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Rounds")]
+    pub stress: Option<u32>,
 
     /// How long the server's counts must stay unchanged before the baseline is taken
     /// (bounded by the start-up timeout) [config: baseline-settle; default: 250ms].

@@ -90,6 +90,8 @@ pub struct Config {
     pub fail_on: crate::standing::FailOn,
     /// Rounds: `--repeat`, `--for`, `--until-fail`, `--shuffle`.
     pub rounds: crate::rounds::Plan,
+    /// `--stress N`: copies of each test run at once (1 without).
+    pub stress: u32,
     /// The shard of the selected tests this run takes.
     pub partition: Option<crate::partition::Partition>,
     /// Per-test timeout.
@@ -242,6 +244,7 @@ impl Config {
             exact: args.exact,
             partition: args.partition,
             rounds,
+            stress: args.stress.unwrap_or(1),
             baseline: match &args.baseline {
                 Some(path) => Some(crate::standing::Baseline::load(path).map_err(SetupError::Config)?),
                 None => None,

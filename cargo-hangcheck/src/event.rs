@@ -50,6 +50,8 @@ pub enum Event<'a> {
         watchdog: bool,
         /// Whether stalls fail the run.
         stall_verdict: StallVerdict,
+        /// `--stress N`: copies of each test at once (1: one at a time).
+        stress: u32,
     },
     /// The server said hello and announced its addresses.
     ServerReady {
@@ -155,6 +157,8 @@ pub enum Event<'a> {
         seed: Option<u64>,
         /// `--chaos`'s seed, when the server's scheduling is perturbed.
         chaos: Option<u64>,
+        /// `--fresh-server`: the round has a server of its own.
+        fresh_server: bool,
     },
     /// Something the user should know that does not stop the run.
     Warning {

@@ -50,7 +50,7 @@ fn live(args: &ServerArgs, signals: &Signals) -> Result<i32, SetupError> {
     let run_dir = RunDir::create(&config.hangcheck_dir.join("runs"))
         .map_err(SetupError::io("cannot create the run directory"))?;
     let _marker = ondemand::announce_runner(&run_dir, &config.package);
-    let mut server = Server::start(&config, &built, &run_dir, signals)?;
+    let mut server = Server::start(&config, &built, &run_dir, signals, "server.log")?;
     terminal::status("Ready", format!("pid {}, run directory {}", server.child.pid(), run_dir.path().display()));
     for (name, value) in server.test_env()? {
         println!("{name}={value}");

@@ -124,6 +124,7 @@ fn merge(reports: Vec<Report>, out: PathBuf) -> Report {
         merged_from: Vec::new(),
         rounds: None,
         flakes: Vec::new(),
+        stress: None,
     };
     merged.shutdown.outcome = shutdown;
     for r in reports {
@@ -143,8 +144,9 @@ fn merge(reports: Vec<Report>, out: PathBuf) -> Report {
         merged.leftover_processes.extend(r.leftover_processes);
         // Shards run with rounds: each test is in one shard, so the flake tables join.
         merged.flakes.extend(r.flakes);
+        merged.stress = merged.stress.or(r.stress);
         if let Some(rounds) = r.rounds {
-            let most = merged.rounds.map_or(0, |m| m.count).max(rounds.count);
+            let most = merged.rounds.as_ref().map_or(0, |m| m.count).max(rounds.count);
             merged.rounds = Some(RoundsEntry { count: most, ..rounds });
         }
     }
@@ -199,7 +201,7 @@ pub mod tests {
             let flake = serde_json::json!({ "id": id, "rounds": rounds, "passed": rounds - 1, "failed": 0,
                 "hung": 1, "stalled": 0, "first_failure": 2 });
             r.flakes = vec![serde_json::from_value(flake).unwrap()];
-            r.rounds = Some(RoundsEntry { count: rounds, shuffle_seed: Some(9), chaos_seed: None });
+            r.rounds = Some(RoundsEntry { count: rounds, shuffle_seed: Some(9), ..RoundsEntry::default() });
             r
         };
         let merged = merge(vec![shard("a", 5), shard("b", 3)], PathBuf::from("/m"));

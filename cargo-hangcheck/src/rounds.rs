@@ -18,6 +18,8 @@ pub struct Plan {
     pub shuffle: Option<u64>,
     /// `--chaos`'s seed (the server gets it in its environment).
     pub chaos: Option<u64>,
+    /// `--fresh-server`: a server of its own for each round.
+    pub fresh_server: bool,
 }
 
 impl Plan {
@@ -29,6 +31,7 @@ impl Plan {
             until_fail: args.until_fail,
             shuffle: args.shuffle.map(|seed| seed.unwrap_or_else(draw_seed)),
             chaos: args.chaos.map(|seed| seed.unwrap_or_else(draw_seed)),
+            fresh_server: args.fresh_server,
         }
     }
 

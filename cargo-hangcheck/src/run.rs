@@ -97,7 +97,7 @@ fn prepare_and_run(args: &TestArgs, reporters: &mut Reporters) -> (Result<(), Se
         run.evidence_left = EVIDENCE_ROUNDS;
     }
     let mut result = run.execute();
-    run.stop_server();
+    run.stop_server("shutdown");
     let found = leftovers::find(&[], |_| true);
     run.end_leftovers(found, "the end of the run", "end");
     run.take_events(None);
@@ -106,6 +106,13 @@ fn prepare_and_run(args: &TestArgs, reporters: &mut Reporters) -> (Result<(), Se
     }
     drop(marker);
     (result, Some(run.run_dir))
+}
+
+/// With `--fresh-server`, the verdicts of the rounds whose servers are gone.
+#[derive(Default)]
+struct Judged {
+    leaks: Vec<analysis::Leak>,
+    concurrent: Vec<analysis::ConcurrentOps>,
 }
 
 /// The state of one run.
@@ -145,32 +152,16 @@ impl Run<'_> {
             tests: &cases,
             watchdog: !self.config.stall_threshold.is_zero(),
             stall_verdict: self.config.stall_verdict,
+            stress: self.config.stress,
         });
-        self.server = Some(Server::start(&self.config, &self.built, &self.run_dir, &self.signals)?);
-        let (baseline, startup) = self.quiet_baseline()?;
-        // Announcements made while the server was settling, before the Ready line.
-        self.take_events(None);
-        self.record_snapshot("baseline", None, &baseline)?;
-        let server = self.server.as_ref().expect("the server is started before the baseline");
-        self.reporters.emit(Event::ServerReady {
-            pid: server.child.pid(),
-            capabilities: &server.hello.capabilities,
-            addresses: &server.addrs,
-            log: &server.log,
-            runtimes: &baseline.runtimes,
-        });
-        self.reporters.emit(Event::Startup { growth: &startup });
-        match watched::check_runtimes(&baseline) {
-            Ok(Some(warning)) => self.reporters.emit(Event::Warning { message: &warning }),
-            Ok(None) => {}
-            Err(e) => return Err(SetupError::Unwatched(e)),
-        }
-        self.reporters.emit(Event::Baseline { snapshot: &baseline });
-        self.baseline = Some(baseline.clone());
-        self.last = Some(baseline);
+        self.start_server("server.log")?;
 
         let plan = self.config.rounds.clone();
         let started = std::time::Instant::now();
+        // With `--fresh-server`, each round's leaks, judged before its server stops.
+        let mut judged = Judged::default();
+        // Where the running server's tests begin in `self.tests`.
+        let mut since = 0;
         let mut round = 0;
         'rounds: loop {
             round += 1;
@@ -180,7 +171,8 @@ impl Run<'_> {
                 if let Some(seed) = plan.shuffle {
                     crate::rounds::shuffle(&mut order, seed, round);
                 }
-                self.reporters.emit(Event::Round { round, seed: plan.shuffle, chaos: plan.chaos });
+                let fresh_server = plan.fresh_server;
+                self.reporters.emit(Event::Round { round, seed: plan.shuffle, chaos: plan.chaos, fresh_server });
             }
             self.harnesses.plan(&order, &self.signals);
             let stalls_before = self.stall_count;
@@ -208,6 +200,16 @@ impl Run<'_> {
             if !plan.another(round, started) {
                 break;
             }
+            if plan.fresh_server {
+                let hung = self.next_server(round, since, &mut judged)?;
+                since = self.tests.len();
+                if plan.until_fail && hung {
+                    self.reporters.emit(Event::Warning {
+                        message: "stopping at the first failed round (--until-fail): its server's shutdown hung",
+                    });
+                    break;
+                }
+            }
         }
         self.harnesses.finish(&self.signals);
         if self.signals.interrupted() {
@@ -218,6 +220,70 @@ impl Run<'_> {
             let vars: Vec<String> = self.server_mut().test_env()?.into_iter().map(|(k, _)| k).collect();
             return Err(SetupError::Unwatched(watched::none_reached(&vars)));
         }
+        let last_round = plan.fresh_server.then_some(round);
+        let Judged { mut leaks, mut concurrent } = judged;
+        let (more, also) = self.judge(since, last_round)?;
+        leaks.extend(more);
+        concurrent.extend(also);
+        if let Some(baseline) = &self.config.baseline {
+            baseline.judge(&mut leaks, self.config.fail_on);
+        }
+        self.reporters.emit(Event::Verdicts { leaks: &leaks, concurrent: &concurrent });
+        Ok(())
+    }
+
+    /// Starts the server, its output to `log`, and takes its quiet baseline.
+    fn start_server(&mut self, log: &str) -> Result<(), SetupError> {
+        self.server = Some(Server::start(&self.config, &self.built, &self.run_dir, &self.signals, log)?);
+        let (baseline, startup) = self.quiet_baseline()?;
+        // Announcements made while the server was settling, before the Ready line.
+        self.take_events(None);
+        self.record_snapshot("baseline", None, &baseline)?;
+        let server = self.server.as_ref().expect("the server is started before the baseline");
+        self.reporters.emit(Event::ServerReady {
+            pid: server.child.pid(),
+            capabilities: &server.hello.capabilities,
+            addresses: &server.addrs,
+            log: &server.log,
+            runtimes: &baseline.runtimes,
+        });
+        self.reporters.emit(Event::Startup { growth: &startup });
+        match watched::check_runtimes(&baseline) {
+            Ok(Some(warning)) => self.reporters.emit(Event::Warning { message: &warning }),
+            Ok(None) => {}
+            Err(e) => return Err(SetupError::Unwatched(e)),
+        }
+        self.reporters.emit(Event::Baseline { snapshot: &baseline });
+        self.baseline = Some(baseline.clone());
+        self.last = Some(baseline);
+        Ok(())
+    }
+
+    /// `--fresh-server` between rounds: judges round `round`'s leaks (its tests are
+    /// `self.tests[since..]`) against its server's baseline, stops that server as the
+    /// end of a run does (a shutdown hang is a hang, with its evidence), and starts the
+    /// next round's. Says whether the shutdown hung.
+    fn next_server(&mut self, round: u32, since: usize, judged: &mut Judged) -> Result<bool, SetupError> {
+        self.harnesses.finish(&self.signals);
+        let (leaks, concurrent) = self.judge(since, Some(round))?;
+        judged.leaks.extend(leaks);
+        judged.concurrent.extend(concurrent);
+        let hung = self.stop_server(&format!("rounds/{round}/shutdown"));
+        self.server = None;
+        let after = format!("round {round}'s server");
+        self.end_leftovers(leftovers::find(&[], |_| true), &after, &format!("round-{round}-end"));
+        self.start_server(&format!("rounds/{}/server.log", round + 1))?;
+        Ok(hung)
+    }
+
+    /// The leak verdicts of the running server: the final settled snapshot against its
+    /// baseline, the growth attributed to its tests (`self.tests[since..]`); with
+    /// `--fresh-server`, those of round `round`.
+    fn judge(
+        &mut self,
+        since: usize,
+        round: Option<u32>,
+    ) -> Result<(Vec<analysis::Leak>, Vec<analysis::ConcurrentOps>), SetupError> {
         let after = self.tests.len() as u64 + 1;
         let _ = self.server_mut().link.set_epoch(after, SNAPSHOT_TIMEOUT);
         let baseline = self.baseline.clone().unwrap_or_default();
@@ -226,17 +292,20 @@ impl Run<'_> {
         self.record_snapshot("final", Some(after), &last)?;
         self.reporters.emit(Event::FinalSnapshot { snapshot: &last });
         let names: Vec<String> = self.tests.iter().map(round_id).collect();
-        let history: Vec<Option<&Snapshot>> = self.tests.iter().map(|t| t.snapshot.as_ref()).collect();
+        // Only this server's tests: an earlier round's server and its survivors are gone.
+        let history: Vec<Option<&Snapshot>> =
+            self.tests.iter().enumerate().map(|(i, t)| t.snapshot.as_ref().filter(|_| i >= since)).collect();
         let epochs = Epochs { names: &names };
         let mut leaks = analysis::leaks(&baseline, &last, &history, &epochs, &self.config.leaks);
-        self.where_survivors_wait(&mut leaks);
-        if let Some(baseline) = &self.config.baseline {
-            baseline.judge(&mut leaks, self.config.fail_on);
-        }
+        let stacks_file = match round {
+            Some(r) => format!("rounds/{r}/leaks.stacks.txt"),
+            None => "leaks.stacks.txt".to_owned(),
+        };
+        self.where_survivors_wait(&mut leaks, &stacks_file);
+        leaks.iter_mut().for_each(|l| l.round = round);
         let concurrent = analysis::concurrent_ops(&last, &epochs);
-        self.reporters.emit(Event::Verdicts { leaks: &leaks, concurrent: &concurrent });
         self.last = Some(last);
-        Ok(())
+        Ok((leaks, concurrent))
     }
 
     /// A selection with no test to run: an error (a typo in a filter must not give a
@@ -467,7 +536,7 @@ impl Run<'_> {
     /// For each leaked task group, where its survivors wait: the async stacks of the live
     /// tasks, asked of the agent once the verdicts are in, and written to
     /// `leaks.stacks.txt`.
-    fn where_survivors_wait(&mut self, leaks: &mut [crate::analysis::Leak]) {
+    fn where_survivors_wait(&mut self, leaks: &mut [crate::analysis::Leak], file: &str) {
         use crate::analysis::MeasureKind;
         if !leaks.iter().any(|l| matches!(l.kind, MeasureKind::Named | MeasureKind::Location)) {
             return;
@@ -484,7 +553,7 @@ impl Run<'_> {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let _ = self.run_dir.write_durable("leaks.stacks.txt", crate::stackfile::render(&stacks, &summary).as_bytes());
+        let _ = self.run_dir.write_durable(file, crate::stackfile::render(&stacks, &summary).as_bytes());
         for leak in leaks.iter_mut().filter(|l| matches!(l.kind, MeasureKind::Named | MeasureKind::Location)) {
             leak.waiting = crate::culprit::waiting_in(&stacks, |g| g == Some(leak.group.as_str()), &self.root);
         }
@@ -511,15 +580,17 @@ impl Run<'_> {
     /// SIGTERM and the grace period; a server still running after it is a shutdown hang:
     /// its stacks and a snapshot (which groups are still alive, and how old) are written
     /// before it is SIGKILLed.
-    fn stop_server(&mut self) {
-        let Some(server) = self.server.as_mut() else { return };
+    /// Its evidence goes to `label` (`shutdown`, or `rounds/N/shutdown` between rounds);
+    /// says whether it hung.
+    fn stop_server(&mut self, label: &str) -> bool {
+        let Some(server) = self.server.as_mut() else { return false };
         let grace =
             if self.signals.interrupted() { crate::process::INTERRUPTED_GRACE } else { self.config.shutdown_grace };
         let run_dir = &self.run_dir;
         let root = self.root.as_str();
         let mut taken = None;
         let stop = server.stop(grace, |link, pid| {
-            let t = stacks::evidence(link, pid, run_dir, "shutdown", |s, _| stacks::summarize_all(s, root));
+            let t = stacks::evidence(link, pid, run_dir, label, |s, _| stacks::summarize_all(s, root));
             taken = Some((t.evidence.files.clone(), t.source, t.snapshot));
             t.evidence
         });
@@ -549,6 +620,7 @@ impl Run<'_> {
             survivors,
         };
         self.reporters.emit(Event::Shutdown { shutdown: &shutdown, grace });
+        hung
     }
 }
 

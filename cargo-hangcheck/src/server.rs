@@ -97,9 +97,17 @@ pub enum Stop {
 
 impl Server {
     /// Starts the server and waits until it is ready.
-    pub fn start(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals) -> Result<Server, SetupError> {
+    /// Its output goes to `log_name` in the run directory.
+    pub fn start(
+        config: &Config,
+        built: &Built,
+        run_dir: &RunDir,
+        signals: &Signals,
+        log_name: &str,
+    ) -> Result<Server, SetupError> {
         let listener = Listener::bind().map_err(SetupError::io("cannot create the agent socket"))?;
-        let (log_file, log) = run_dir.log_file("server.log").map_err(SetupError::io("cannot create server.log"))?;
+        let (log_file, log) =
+            run_dir.log_file(log_name).map_err(SetupError::io(format!("cannot create {log_name}")))?;
         let err_file = log_file.try_clone().map_err(SetupError::io("cannot share server.log"))?;
         let mut cmd = Command::new(&built.server);
         cmd.args(&config.server_args)

@@ -142,6 +142,7 @@ mod tests {
             waiting: vec![],
             standing: None,
             baseline_growth: None,
+            round: None,
             fails: true,
         }
     }

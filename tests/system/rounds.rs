@@ -1,7 +1,7 @@
 //! Rounds: a race that hangs now and then, caught by `--repeat`; `--until-fail`;
 //! `--shuffle=SEED` replaying an order.
 
-use crate::util::{assert_no_process_with, hangcheck_test, marker, read};
+use crate::util::{assert_no_process_with, hangcheck_test, leaked_by, marker, read};
 
 /// (round, test id) in the order the tests ran.
 fn ran(report: &serde_json::Value) -> Vec<(u64, String)> {
@@ -112,4 +112,47 @@ fn chaos_seed_is_printed_recorded_and_handed_to_the_server() {
     assert_eq!(stable.code, 3, "{stable}");
     assert!(stable.error_line().contains("--chaos works through tokio's poll hooks"), "{stable}");
     assert_no_process_with(&mark);
+}
+
+#[test]
+fn fresh_server_starts_a_server_per_round_and_judges_each_rounds_leak_against_its_own_baseline() {
+    let mark = marker("fresh-server");
+    let args = ["-p", "waiter-leak", "--repeat", "3", "--fresh-server", "--settle", "3s", "--server-env", &mark];
+    let run = hangcheck_test(&args);
+    assert_eq!(run.code, 5, "the leak is still found\n{run}");
+    let report = run.report();
+    let rounds = &report["rounds"];
+    assert_eq!((rounds["count"].as_u64(), rounds["fresh_server"].as_bool()), (Some(3), Some(true)), "{rounds:#}");
+    let pids: Vec<u64> = rounds["server_pids"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
+    let distinct: std::collections::BTreeSet<_> = pids.iter().collect();
+    assert_eq!((pids.len(), distinct.len()), (3, 3), "three servers, three pids: {pids:?}");
+    // Each round's server logged to a file of its own, and stopped cleanly.
+    for log in ["server.log", "rounds/2/server.log", "rounds/3/server.log"] {
+        assert!(read(&run.run_dir().join(log)).contains("listening on"), "{log}\n{run}");
+    }
+    assert_eq!(report["shutdown"]["outcome"], "clean", "{run}");
+    // One leak per round, each the single run's +4 against that round's baseline, never
+    // 3 rounds of survivors (+12) against the first.
+    let leaks = report["leaks"].as_array().unwrap();
+    let per_round: Vec<(u64, u64, u64)> = leaks
+        .iter()
+        .filter(|l| l["group"] == "waiter")
+        .map(|l| (l["round"].as_u64().unwrap(), l["baseline"].as_u64().unwrap(), l["growth"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(per_round, vec![(1, 0, 4), (2, 0, 4), (3, 0, 4)], "{leaks:#?}");
+    let second = leaks.iter().find(|l| l["group"] == "waiter" && l["round"] == 2).unwrap();
+    assert_eq!(
+        leaked_by(second),
+        vec![("e2e::watch_and_leave (round 2)", 1), ("e2e::watch_three_keys_and_leave (round 2)", 3)]
+    );
+    assert!(run.stdout.contains("LEAK task group `waiter`, spawned at examples/waiter-leak/src/main.rs:"), "{run}");
+    assert!(run.stdout.contains("in round 3's server"), "{run}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn fresh_server_without_rounds_is_a_usage_error() {
+    let run = hangcheck_test(&["-p", "waiter-leak", "--fresh-server"]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stderr.contains("--fresh-server") && run.stderr.contains("--repeat"), "{run}");
 }

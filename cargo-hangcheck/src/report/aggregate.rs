@@ -36,6 +36,10 @@ pub struct Aggregator {
     leftovers: Vec<crate::leftovers::Leftover>,
     error: Option<(String, bool)>,
     rounds: Option<super::RoundsEntry>,
+    /// `--stress N`, when above 1.
+    stress: Option<u32>,
+    /// Every server the run started, in order (one per round with `--fresh-server`).
+    server_pids: Vec<u32>,
     startup: Vec<StartupGrowth>,
     /// What the agent's hello claimed; the report keeps only what the snapshots prove.
     hello_capabilities: Vec<String>,
@@ -50,7 +54,10 @@ impl Reporter for Aggregator {
                 self.package = package.to_owned();
                 self.server.bin = server_bin.to_owned();
             }
-            Event::RunStarted { package, server_bin, tokio_unstable, run_dir, watchdog, stall_verdict, .. } => {
+            Event::RunStarted {
+                package, server_bin, tokio_unstable, run_dir, watchdog, stall_verdict, stress, ..
+            } => {
+                self.stress = (stress > 1).then_some(stress);
                 self.watchdog = watchdog;
                 self.stall_verdict = stall_verdict;
                 self.package = package.to_owned();
@@ -61,6 +68,7 @@ impl Reporter for Aggregator {
             }
             Event::ServerReady { pid, capabilities, addresses, log, .. } => {
                 self.server.pid = Some(pid);
+                self.server_pids.push(pid);
                 self.hello_capabilities = capabilities.to_vec();
                 self.server.addresses = addresses.clone();
                 self.server.log = Some(log.to_owned());
@@ -93,7 +101,11 @@ impl Reporter for Aggregator {
                 self.leaks = leaks.to_vec();
                 self.concurrent = concurrent.to_vec();
             }
-            Event::Shutdown { shutdown, .. } => self.shutdown = shutdown.clone(),
+            // With a server per round, the worst of their shutdowns is the run's.
+            Event::Shutdown { shutdown, .. } if self.shutdown.outcome != ShutdownOutcome::Hung => {
+                self.shutdown = shutdown.clone()
+            }
+            Event::Shutdown { .. } => {}
             Event::SetupError { error } => {
                 self.error = Some((error.to_string(), matches!(error, SetupError::Interrupted)));
             }
@@ -101,8 +113,15 @@ impl Reporter for Aggregator {
             | Event::TestHung { .. }
             | Event::EvidenceWritten { .. }
             | Event::Warning { .. } => {}
-            Event::Round { round, seed, chaos } => {
-                self.rounds = Some(super::RoundsEntry { count: round, shuffle_seed: seed, chaos_seed: chaos });
+            Event::Round { round, seed, chaos, fresh_server } => {
+                self.rounds = Some(super::RoundsEntry {
+                    count: round,
+                    shuffle_seed: seed,
+                    chaos_seed: chaos,
+                    fresh_server,
+                    server_pids: Vec::new(),
+                    stress: None,
+                });
             }
         }
     }
@@ -131,6 +150,11 @@ impl Aggregator {
             },
         };
         let flakes = super::flakes::table(&self.tests, &self.stalls, self.rounds.is_some());
+        let rounds = self.rounds.map(|r| super::RoundsEntry {
+            server_pids: if r.fresh_server { self.server_pids.clone() } else { Vec::new() },
+            stress: self.stress,
+            ..r
+        });
         Report {
             format_version: super::FORMAT_VERSION,
             hangcheck_version: env!("CARGO_PKG_VERSION").into(),
@@ -157,7 +181,8 @@ impl Aggregator {
             leftover_processes: self.leftovers,
             merged_from: Vec::new(),
             flakes,
-            rounds: self.rounds,
+            rounds,
+            stress: self.stress,
         }
     }
 }
@@ -209,6 +234,7 @@ mod tests {
             tests: &[],
             watchdog: true,
             stall_verdict: StallVerdict::Fail,
+            stress: 1,
         };
         a.event(&started);
         for e in events {

@@ -102,8 +102,8 @@ impl Reporter for JsonLines {
                 shutdown,
             ),
             Event::Warning { message } => json!({ "type": "warning", "message": message }),
-            Event::Round { round, seed, chaos } => {
-                json!({ "type": "round", "event": "started", "round": round, "shuffle_seed": seed, "chaos_seed": chaos })
+            Event::Round { round, seed, chaos, fresh_server } => {
+                json!({ "type": "round", "event": "started", "round": round, "shuffle_seed": seed, "chaos_seed": chaos, "fresh_server": fresh_server })
             }
             Event::SetupError { error } => {
                 json!({ "type": "setup-error", "message": error.to_string(), "detail": error.detail() })

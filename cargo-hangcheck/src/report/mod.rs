@@ -228,10 +228,13 @@ pub struct Report {
     /// With rounds: each test's outcomes over them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flakes: Vec<flakes::Flake>,
+    /// With `--stress N`: the copies of each test run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stress: Option<u32>,
 }
 
 /// The rounds of a repeated run.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RoundsEntry {
     /// Rounds begun.
     pub count: u32,
@@ -240,6 +243,16 @@ pub struct RoundsEntry {
     /// `--chaos`'s seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chaos_seed: Option<u64>,
+    /// `--fresh-server`: each round had a server of its own, and its leaks are judged
+    /// against that round's baseline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh_server: bool,
+    /// With `--fresh-server`: each round's server pid, in round order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_pids: Vec<u32>,
+    /// `--stress N`: the copies of each test run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stress: Option<u32>,
 }
 
 /// How many tests passed, failed (or could not start) and hung.

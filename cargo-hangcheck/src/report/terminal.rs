@@ -137,7 +137,7 @@ impl Reporter for Displayer {
                 }
             }
             Event::Warning { message } => warn(message),
-            Event::Round { round, seed, chaos } => {
+            Event::Round { round, seed, chaos, .. } => {
                 let seeds: Vec<String> =
                     [seed.map(|s| format!("--shuffle={s}")), chaos.map(|s| format!("--chaos={s}"))]
                         .into_iter()
@@ -175,7 +175,7 @@ impl Reporter for Displayer {
 
 /// The flake table of a repeated run: each test over the rounds.
 fn flakes(out: &mut dyn Write, report: &Report) {
-    let Some(rounds) = report.rounds else { return };
+    let Some(rounds) = &report.rounds else { return };
     let seed = rounds.shuffle_seed.map(|s| format!(", --shuffle={s}")).unwrap_or_default();
     say!(out);
     say!(out, "{BOLD}Flakes{BOLD:#} over {} round{}{seed}", rounds.count, if rounds.count == 1 { "" } else { "s" });
@@ -538,6 +538,10 @@ fn leaks(out: &mut dyn Write, leaks: &[Leak], tokio_unstable: bool) {
             (Some(s), Some(before)) => format!(" ({}: +{before} in the baseline)", s.name()),
             (Some(s), None) => format!(" ({})", s.name()),
             (None, _) => String::new(),
+        };
+        let standing = match leak.round {
+            Some(r) => format!("{standing} in round {r}'s server"),
+            None => standing,
         };
         if leak.fails {
             say!(out, "{RED}LEAK{RED:#} {what}{standing}");

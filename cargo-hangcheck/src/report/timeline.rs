@@ -396,6 +396,7 @@ pub(crate) mod tests {
             tests: &[],
             watchdog: true,
             stall_verdict: crate::cli::StallVerdict::Fail,
+            stress: 1,
         };
         t.event_at(at(0), &started);
         t.event_at(at(5), &Event::Baseline { snapshot: &Snapshot::default() });
