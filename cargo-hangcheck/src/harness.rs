@@ -197,67 +197,79 @@ impl Harnesses {
             .unwrap_or_default();
         self.started += 1;
         let log_name = format!("tests/{}/harness-{}.log", case.target, self.started);
-        let failed = |why: String| Box::new(spawn_failed(why, cx.run_dir.join(&log_name)));
-        let (log_file, log) =
-            cx.run_dir.log_file(&log_name).map_err(|e| failed(format!("cannot create {log_name}: {e}")))?;
-        let err_file = log_file.try_clone().map_err(|e| failed(format!("cannot share {log_name}: {e}")))?;
-        let listener = Listener::bind().map_err(|e| failed(format!("cannot create the harness socket: {e}")))?;
         let started_by = format!("{} (harness {})", case.target, self.started);
-        let mut cmd = Command::new(&case.exe);
-        cmd.current_dir(&cx.config.package_dir)
-            .env("CARGO_MANIFEST_DIR", &cx.config.package_dir)
-            .envs(cx.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env(HARNESS_SOCKET_ENV, listener.path())
-            .env(crate::leftovers::STARTED_BY_ENV, &started_by)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(err_file);
-        let mut child = GroupChild::spawn(&mut cmd)
-            .map_err(|e| failed(format!("cannot start the harness {}: {e}", case.exe.display())))?;
-        let deadline = Instant::now() + cx.config.startup_timeout;
-        let stream = loop {
-            match listener.try_accept() {
-                // Only the harness (or a process it started) may speak for it.
-                Ok(Some((stream, peer))) if peer.refusal(child.pid()).is_none() => break stream,
-                Ok(Some(_)) => {}
-                Ok(None) => {}
-                Err(e) => return Err(failed(format!("cannot accept the harness's connection: {e}"))),
-            }
-            if let Some(status) = child.try_wait() {
-                return Err(failed(format!("the harness exited with {} before connecting", describe(status))));
-            }
-            if cx.signals.interrupted() {
-                return Err(Box::new(TestRun { outcome: Outcome::Interrupted, ..*failed(String::new()) }));
-            }
-            if Instant::now() >= deadline {
-                return Err(failed(format!("the harness did not connect within {:?}", cx.config.startup_timeout)));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let connect = || -> std::io::Result<(BufReader<UnixStream>, UnixStream)> {
-            stream.set_nonblocking(false)?;
-            stream.set_read_timeout(Some(TICK))?;
-            Ok((BufReader::new(stream.try_clone()?), stream.try_clone()?))
-        };
-        let (reader, writer) = connect().map_err(|e| failed(format!("the harness connection: {e}")))?;
-        let mut running = Running {
-            target: case.target.clone(),
-            started_by,
-            child,
-            reader,
-            writer,
-            buf: Vec::new(),
-            log,
-            _listener: listener,
-        };
-        match running.hear(deadline, cx.signals, &mut NoProbe) {
-            Heard::Message(TrialMessage::Hello { .. }) => {}
-            other => return Err(failed(format!("the harness did not say hello: {}", other.why()))),
-        }
-        protocol::write_message(&mut running.writer, &TrialReply::Plan { trials: plan })
-            .map_err(|e| failed(format!("cannot send the harness its plan: {e}")))?;
-        Ok(running)
+        launch(case, cx, plan, &log_name, started_by)
     }
+}
+
+/// Starts a harness process of `case`'s target, its output to `log_name`, and sends it
+/// `plan` once it said hello.
+fn launch(
+    case: &TestCase,
+    cx: &Context,
+    plan: Vec<String>,
+    log_name: &str,
+    started_by: String,
+) -> Result<Running, Box<TestRun>> {
+    let failed = |why: String| Box::new(spawn_failed(why, cx.run_dir.join(log_name)));
+    let (log_file, log) =
+        cx.run_dir.log_file(log_name).map_err(|e| failed(format!("cannot create {log_name}: {e}")))?;
+    let err_file = log_file.try_clone().map_err(|e| failed(format!("cannot share {log_name}: {e}")))?;
+    let listener = Listener::bind().map_err(|e| failed(format!("cannot create the harness socket: {e}")))?;
+    let mut cmd = Command::new(&case.exe);
+    cmd.current_dir(&cx.config.package_dir)
+        .env("CARGO_MANIFEST_DIR", &cx.config.package_dir)
+        .envs(cx.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(HARNESS_SOCKET_ENV, listener.path())
+        .env(crate::leftovers::STARTED_BY_ENV, &started_by)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(err_file);
+    let mut child = GroupChild::spawn(&mut cmd)
+        .map_err(|e| failed(format!("cannot start the harness {}: {e}", case.exe.display())))?;
+    let deadline = Instant::now() + cx.config.startup_timeout;
+    let stream = loop {
+        match listener.try_accept() {
+            // Only the harness (or a process it started) may speak for it.
+            Ok(Some((stream, peer))) if peer.refusal(child.pid()).is_none() => break stream,
+            Ok(Some(_)) => {}
+            Ok(None) => {}
+            Err(e) => return Err(failed(format!("cannot accept the harness's connection: {e}"))),
+        }
+        if let Some(status) = child.try_wait() {
+            return Err(failed(format!("the harness exited with {} before connecting", describe(status))));
+        }
+        if cx.signals.interrupted() {
+            return Err(Box::new(TestRun { outcome: Outcome::Interrupted, ..*failed(String::new()) }));
+        }
+        if Instant::now() >= deadline {
+            return Err(failed(format!("the harness did not connect within {:?}", cx.config.startup_timeout)));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let connect = || -> std::io::Result<(BufReader<UnixStream>, UnixStream)> {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(TICK))?;
+        Ok((BufReader::new(stream.try_clone()?), stream.try_clone()?))
+    };
+    let (reader, writer) = connect().map_err(|e| failed(format!("the harness connection: {e}")))?;
+    let mut running = Running {
+        target: case.target.clone(),
+        started_by,
+        child,
+        reader,
+        writer,
+        buf: Vec::new(),
+        log,
+        _listener: listener,
+    };
+    match running.hear(deadline, cx.signals, &mut NoProbe) {
+        Heard::Message(TrialMessage::Hello { .. }) => {}
+        other => return Err(failed(format!("the harness did not say hello: {}", other.why()))),
+    }
+    protocol::write_message(&mut running.writer, &TrialReply::Plan { trials: plan })
+        .map_err(|e| failed(format!("cannot send the harness its plan: {e}")))?;
+    Ok(running)
 }
 
 impl Running {
@@ -310,5 +322,82 @@ impl Probe for NoProbe {
     fn tick(&mut self) {}
     fn hung(&mut self, _case: &TestCase) -> Evidence {
         Evidence::none("no trial was running")
+    }
+}
+
+/// One trial in a harness process of its own, for `--stress`: N of them run the same
+/// trial at once, each started with a one-trial plan and held at its `start` until every
+/// copy is there, so that they are let go together.
+pub struct Solo {
+    running: Running,
+    name: String,
+    /// Where the trial's output begins in the log.
+    offset: u64,
+}
+
+/// How often a solo copy's connection is looked at while its siblings run.
+const SOLO_LOOK: Duration = Duration::from_millis(5);
+
+impl Solo {
+    /// Starts copy `copy` of `case`'s trial and waits for its `start`; its output goes to
+    /// `log_name`. Everything it starts is marked as the test's, as a test process is.
+    pub fn start(case: &TestCase, cx: &Context, log_name: &str) -> Result<Solo, Box<TestRun>> {
+        let mut running = launch(case, cx, vec![case.name.clone()], log_name, case.id())?;
+        let log = running.log.clone();
+        let failed = |why: String| Box::new(spawn_failed(why, log.clone()));
+        match running.hear(Instant::now() + cx.config.startup_timeout, cx.signals, &mut NoProbe) {
+            Heard::Message(TrialMessage::Start { name }) if name == case.name => {}
+            Heard::Interrupted => {
+                return Err(Box::new(TestRun { outcome: Outcome::Interrupted, ..*failed(String::new()) }))
+            }
+            other => return Err(failed(format!("the harness did not start the trial: {}", other.why()))),
+        }
+        running
+            .reader
+            .get_ref()
+            .set_read_timeout(Some(SOLO_LOOK))
+            .map_err(|e| failed(format!("the harness connection: {e}")))?;
+        let offset = std::fs::metadata(&log).map_or(0, |m| m.len());
+        Ok(Solo { running, name: case.name.clone(), offset })
+    }
+
+    /// Lets the trial run.
+    pub fn go(&mut self) -> Result<(), String> {
+        protocol::write_message(&mut self.running.writer, &TrialReply::Go { name: self.name.clone() })
+            .map_err(|e| format!("the harness went away before the trial: {e}"))
+    }
+
+    /// The trial's outcome once it has ended (without waiting), and the panic behind a
+    /// failure; `None` while it runs.
+    pub fn poll(&mut self, signals: &Signals) -> Option<(Outcome, Option<crate::libtest::Panic>)> {
+        match self.running.hear(Instant::now(), signals, &mut NoProbe) {
+            Heard::TimedOut => None,
+            Heard::Interrupted => Some((Outcome::Interrupted, None)),
+            Heard::Message(TrialMessage::End { name, outcome: TrialOutcome::Failed }) if name == self.name => {
+                let (panic, message) = crate::libtest::trial_failure(&self.running.log, self.offset, &self.name);
+                let why = message.unwrap_or_else(|| format!("the trial failed; see {}", self.running.log.display()));
+                Some((Outcome::Failed(why), panic))
+            }
+            Heard::Message(TrialMessage::End { name, .. }) if name == self.name => Some((Outcome::Passed, None)),
+            other => Some((Outcome::Failed(format!("during the trial: {}", other.why())), None)),
+        }
+    }
+
+    /// Its log.
+    pub fn log(&self) -> &std::path::Path {
+        &self.running.log
+    }
+
+    /// After its trial: lets the harness exit (bounded), then removes what is left of
+    /// its process group.
+    pub fn finish(mut self, signals: &Signals) {
+        let _ = self.running.child.wait_until(Instant::now() + EXIT_TIMEOUT, signals);
+        self.running.child.terminate(Evidence::none("the harness is past its only trial"), Duration::ZERO);
+    }
+
+    /// Stops it mid-trial, once `evidence` (the proof that what was to be saved is on
+    /// disk) exists.
+    pub fn terminate(mut self, evidence: Evidence, grace: Duration) {
+        self.running.child.terminate(evidence, grace);
     }
 }

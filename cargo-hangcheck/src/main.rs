@@ -18,6 +18,7 @@ mod analysis;
 mod build;
 mod cli;
 mod config;
+mod copies;
 mod culprit;
 mod diff;
 mod errors;

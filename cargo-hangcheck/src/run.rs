@@ -418,9 +418,10 @@ impl Run<'_> {
             found: Found::default(),
             evidence_left: &mut self.evidence_left,
         };
-        let run = if case.in_process {
-            let cx =
-                harness::Context { config: &self.config, env: &env, run_dir: &self.run_dir, signals: &self.signals };
+        let cx = harness::Context { config: &self.config, env: &env, run_dir: &self.run_dir, signals: &self.signals };
+        let run = if self.config.stress > 1 {
+            crate::copies::run(case, self.config.stress, &cx, &mut probe)
+        } else if case.in_process {
             self.harnesses.run(case, &cx, &mut probe)
         } else {
             suite::run(case, &self.config, &env, &self.run_dir, &self.signals, &mut probe)

@@ -67,6 +67,29 @@ pub enum Outcome {
     Ignored,
 }
 
+impl Outcome {
+    /// How a test process that exited on its own ended.
+    pub fn of_exit(status: std::process::ExitStatus) -> Outcome {
+        if status.success() {
+            Outcome::Passed
+        } else {
+            Outcome::Failed(describe(status))
+        }
+    }
+
+    /// How bad it is, to take the worst of several copies of a test (`--stress`): an
+    /// interrupted run, then a hang, then a test that could not start or failed.
+    pub fn severity(&self) -> u8 {
+        match self {
+            Outcome::Passed | Outcome::Ignored => 0,
+            Outcome::Failed(_) => 1,
+            Outcome::SpawnFailed(_) => 2,
+            Outcome::TimedOut => 3,
+            Outcome::Interrupted => 4,
+        }
+    }
+}
+
 /// A finished test.
 #[derive(Debug, Clone)]
 pub struct TestRun {
@@ -181,31 +204,9 @@ pub fn run(
     probe: &mut dyn Probe,
 ) -> TestRun {
     let started = Instant::now();
-    let log_name = match case.round {
-        0 => format!("tests/{}/{}.log", file_name(&case.target), file_name(&case.name)),
-        r => format!("rounds/{r}/tests/{}/{}.log", file_name(&case.target), file_name(&case.name)),
-    };
-    let (log_file, log) = match run_dir.log_file(&log_name) {
+    let (mut child, log) = match spawn(case, config, env, run_dir, &log_name(case, "")) {
         Ok(pair) => pair,
-        Err(e) => return spawn_failed(format!("cannot create {log_name}: {e}"), run_dir.join(&log_name)),
-    };
-    let err_file = match log_file.try_clone() {
-        Ok(f) => f,
-        Err(e) => return spawn_failed(format!("cannot share {log_name}: {e}"), log),
-    };
-    let mut cmd = Command::new(&case.exe);
-    cmd.args([case.name.as_str(), "--exact", "--nocapture", "--test-threads", "1"])
-        .args(case.ignored.then_some("--ignored"))
-        .current_dir(&config.package_dir)
-        .env("CARGO_MANIFEST_DIR", &config.package_dir)
-        .env(crate::leftovers::STARTED_BY_ENV, case.id())
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(log_file)
-        .stderr(err_file);
-    let mut child = match GroupChild::spawn(&mut cmd) {
-        Ok(c) => c,
-        Err(e) => return spawn_failed(format!("cannot start {}: {e}", case.exe.display()), log),
+        Err(failed) => return *failed,
     };
     let deadline = started + config.test_timeout;
     let wait = loop {
@@ -217,7 +218,7 @@ pub fn run(
     let (outcome, evidence) = match wait {
         Wait::Exited(status) => {
             child.kill_leftovers();
-            (if status.success() { Outcome::Passed } else { Outcome::Failed(describe(status)) }, Vec::new())
+            (Outcome::of_exit(status), Vec::new())
         }
         Wait::TimedOut => {
             let evidence = probe.hung(case);
@@ -232,6 +233,48 @@ pub fn run(
     };
     let panic = matches!(outcome, Outcome::Failed(_)).then(|| crate::libtest::last_panic(&log)).flatten();
     TestRun { outcome, duration: started.elapsed(), log, evidence, panic }
+}
+
+/// Where a test's output goes: `tests/<target>/<name><suffix>.log`, under `rounds/<N>/`
+/// with rounds.
+pub fn log_name(case: &TestCase, suffix: &str) -> String {
+    let (target, name) = (file_name(&case.target), file_name(&case.name));
+    match case.round {
+        0 => format!("tests/{target}/{name}{suffix}.log"),
+        r => format!("rounds/{r}/tests/{target}/{name}{suffix}.log"),
+    }
+}
+
+/// Starts one test process in its own process group, its output to `log_name`.
+pub fn spawn(
+    case: &TestCase,
+    config: &Config,
+    env: &[(String, String)],
+    run_dir: &RunDir,
+    log_name: &str,
+) -> Result<(GroupChild, PathBuf), Box<TestRun>> {
+    let (log_file, log) = match run_dir.log_file(log_name) {
+        Ok(pair) => pair,
+        Err(e) => return Err(Box::new(spawn_failed(format!("cannot create {log_name}: {e}"), run_dir.join(log_name)))),
+    };
+    let err_file = match log_file.try_clone() {
+        Ok(f) => f,
+        Err(e) => return Err(Box::new(spawn_failed(format!("cannot share {log_name}: {e}"), log))),
+    };
+    let mut cmd = Command::new(&case.exe);
+    cmd.args([case.name.as_str(), "--exact", "--nocapture", "--test-threads", "1"])
+        .args(case.ignored.then_some("--ignored"))
+        .current_dir(&config.package_dir)
+        .env("CARGO_MANIFEST_DIR", &config.package_dir)
+        .env(crate::leftovers::STARTED_BY_ENV, case.id())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(err_file);
+    match GroupChild::spawn(&mut cmd) {
+        Ok(child) => Ok((child, log)),
+        Err(e) => Err(Box::new(spawn_failed(format!("cannot start {}: {e}", case.exe.display()), log))),
+    }
 }
 
 /// Time a hung test gets between SIGTERM and SIGKILL.

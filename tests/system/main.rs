@@ -14,6 +14,7 @@ mod lifecycle;
 mod reporting;
 mod rounds;
 mod selection;
+mod stress;
 mod survival;
 mod timeline;
 mod util;

@@ -156,3 +156,26 @@ fn fresh_server_without_rounds_is_a_usage_error() {
     assert_eq!(run.code, 2, "{run}");
     assert!(run.stderr.contains("--fresh-server") && run.stderr.contains("--repeat"), "{run}");
 }
+
+#[test]
+fn for_duration_repeats_whole_rounds_until_the_time_is_up_within_repeat() {
+    let mark = marker("for");
+    let rounds_of = |extra: &[&str]| {
+        let mut args = vec!["-p", "waiter-leak", "--exact", "ping", "get_missing_key", "--server-env", &mark];
+        args.extend_from_slice(extra);
+        let run = hangcheck_test(&args);
+        assert_eq!(run.code, 0, "{run}");
+        let report = run.report();
+        let count = report["rounds"]["count"].as_u64().unwrap_or_else(|| panic!("no rounds\n{run}"));
+        let order = ran(&report);
+        // Every round begun ran to its end: the round under way finishes.
+        assert_eq!(order.len() as u64, 2 * count, "{order:?}");
+        assert!((1..=count).all(|r| order.iter().filter(|(n, _)| *n == r).count() == 2), "{order:?}");
+        count
+    };
+    // A budget already spent still runs one round; --repeat bounds a long one.
+    assert_eq!(rounds_of(&["--for", "0s"]), 1);
+    assert_eq!(rounds_of(&["--for", "10m", "--repeat", "3"]), 3);
+    assert!(rounds_of(&["--for", "2s"]) >= 1);
+    assert_no_process_with(&mark);
+}

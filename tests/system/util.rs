@@ -241,3 +241,9 @@ pub fn leaked_by(leak: &serde_json::Value) -> Vec<(&str, u64)> {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// The outcome of test `id` in a report.
+pub fn outcome_of(report: &serde_json::Value, id: &str) -> serde_json::Value {
+    let tests = report["tests"].as_array().unwrap_or_else(|| panic!("no tests in {report:#}"));
+    tests.iter().find(|t| t["id"] == id).unwrap_or_else(|| panic!("no {id}"))["outcome"].clone()
+}

@@ -45,6 +45,8 @@ pub struct Displayer {
     started: bool,
     tokio_unstable: bool,
     test_count: usize,
+    /// `--stress N`: copies of each test at once.
+    stress: u32,
     baseline: Option<Snapshot>,
     rows: Vec<Row>,
     /// The latest settled snapshot, to show what each test added.
@@ -73,10 +75,11 @@ impl Reporter for Displayer {
             Event::Building { package, server_bin, test_targets } => {
                 status("Building", format!("{package} (server `{server_bin}`, tests {})", test_targets.join(", ")))
             }
-            Event::RunStarted { server_bin, tokio_unstable, run_dir, tests, .. } => {
+            Event::RunStarted { server_bin, tokio_unstable, run_dir, tests, stress, .. } => {
                 self.started = true;
                 self.tokio_unstable = tokio_unstable;
                 self.test_count = tests.iter().filter(|t| !t.ignored).count();
+                self.stress = stress;
                 status(
                     "Starting",
                     format!(
@@ -105,7 +108,13 @@ impl Reporter for Displayer {
             Event::Baseline { snapshot } => {
                 self.baseline = Some(snapshot.clone());
                 self.last = Some(snapshot.clone());
-                status("Running", format!("{} tests, one at a time", self.test_count));
+                match self.stress {
+                    0 | 1 => status("Running", format!("{} tests, one at a time", self.test_count)),
+                    n => status(
+                        "Running",
+                        format!("{} tests, one at a time, {n} copies of each at once", self.test_count),
+                    ),
+                }
             }
             Event::TestStarted { .. } => {}
             Event::TestHung { case } => {
