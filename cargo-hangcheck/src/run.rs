@@ -201,14 +201,15 @@ impl Run<'_> {
                 break;
             }
             if plan.fresh_server {
-                let hung = self.next_server(round, since, &mut judged)?;
-                since = self.tests.len();
+                let hung = self.end_round_server(round, since, &mut judged)?;
                 if plan.until_fail && hung {
                     self.reporters.emit(Event::Warning {
                         message: "stopping at the first failed round (--until-fail): its server's shutdown hung",
                     });
                     break;
                 }
+                self.start_server(&format!("rounds/{}/server.log", round + 1))?;
+                since = self.tests.len();
             }
         }
         self.harnesses.finish(&self.signals);
@@ -217,14 +218,17 @@ impl Run<'_> {
         }
         let ran: Vec<&TestRecord> = self.tests.iter().filter(|t| t.reached.is_some()).collect();
         if !ran.is_empty() && ran.iter().all(|t| t.reached == Some(false)) {
-            let vars: Vec<String> = self.server_mut().test_env()?.into_iter().map(|(k, _)| k).collect();
+            let env = self.server.as_ref().map(Server::test_env).transpose()?.unwrap_or_default();
+            let vars: Vec<String> = env.into_iter().map(|(k, _)| k).collect();
             return Err(SetupError::Unwatched(watched::none_reached(&vars)));
         }
-        let last_round = plan.fresh_server.then_some(round);
         let Judged { mut leaks, mut concurrent } = judged;
-        let (more, also) = self.judge(since, last_round)?;
-        leaks.extend(more);
-        concurrent.extend(also);
+        // Unless the last round's server is already judged and gone (`--until-fail`).
+        if self.server.is_some() {
+            let (more, also) = self.judge(since, plan.fresh_server.then_some(round))?;
+            leaks.extend(more);
+            concurrent.extend(also);
+        }
         if let Some(baseline) = &self.config.baseline {
             baseline.judge(&mut leaks, self.config.fail_on);
         }
@@ -260,10 +264,10 @@ impl Run<'_> {
     }
 
     /// `--fresh-server` between rounds: judges round `round`'s leaks (its tests are
-    /// `self.tests[since..]`) against its server's baseline, stops that server as the
-    /// end of a run does (a shutdown hang is a hang, with its evidence), and starts the
-    /// next round's. Says whether the shutdown hung.
-    fn next_server(&mut self, round: u32, since: usize, judged: &mut Judged) -> Result<bool, SetupError> {
+    /// `self.tests[since..]`) against its server's baseline, and stops that server as the
+    /// end of a run does (a shutdown hang is a hang, with its evidence). Says whether the
+    /// shutdown hung.
+    fn end_round_server(&mut self, round: u32, since: usize, judged: &mut Judged) -> Result<bool, SetupError> {
         self.harnesses.finish(&self.signals);
         let (leaks, concurrent) = self.judge(since, Some(round))?;
         judged.leaks.extend(leaks);
@@ -272,7 +276,6 @@ impl Run<'_> {
         self.server = None;
         let after = format!("round {round}'s server");
         self.end_leftovers(leftovers::find(&[], |_| true), &after, &format!("round-{round}-end"));
-        self.start_server(&format!("rounds/{}/server.log", round + 1))?;
         Ok(hung)
     }
 

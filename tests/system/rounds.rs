@@ -179,3 +179,36 @@ fn for_duration_repeats_whole_rounds_until_the_time_is_up_within_repeat() {
     assert!(rounds_of(&["--for", "2s"]) >= 1);
     assert_no_process_with(&mark);
 }
+
+#[test]
+fn fresh_server_judges_each_rounds_shutdown_and_until_fail_stops_at_a_hung_one() {
+    let mark = marker("fresh-shutdown");
+    let run = hangcheck_test(&["-p", "shutdown-hang", "--repeat", "2", "--fresh-server", "--server-env", &mark]);
+    assert_eq!(run.code, 6, "a round's shutdown hang is a hang\n{run}");
+    let report = run.report();
+    assert_eq!(report["shutdown"]["outcome"], "hung", "{run}");
+    assert_eq!(report["rounds"]["server_pids"].as_array().unwrap().len(), 2, "{run}");
+    // Round 1's server was stopped as a run's end stops it: evidence first, in its round.
+    let first = read(&run.run_dir().join("rounds/1/shutdown.stacks.txt"));
+    assert!(first.contains("metrics-flusher") || first.contains("shutdown_hang"), "{first}");
+    assert!(run.run_dir().join("shutdown.stacks.txt").exists(), "and the last round's at the end\n{run}");
+    assert_eq!(run.stderr.matches("shutdown hang").count(), 2, "{run}");
+    assert_no_process_with(&mark);
+
+    let run = hangcheck_test(&[
+        "-p",
+        "shutdown-hang",
+        "--until-fail",
+        "--repeat",
+        "5",
+        "--fresh-server",
+        "--server-env",
+        &mark,
+    ]);
+    assert_eq!(run.code, 6, "{run}");
+    let report = run.report();
+    assert_eq!(report["rounds"]["count"], 1, "no round after the hung shutdown\n{run}");
+    assert_eq!(report["rounds"]["server_pids"].as_array().unwrap().len(), 1, "no server started for it\n{run}");
+    assert!(run.stderr.contains("its server's shutdown hung"), "{run}");
+    assert_no_process_with(&mark);
+}
