@@ -56,9 +56,9 @@ impl Reporter for JsonLines {
                 "type": "run", "event": "building", "package": package, "server_bin": server_bin,
                 "test_targets": test_targets,
             }),
-            Event::RunStarted { package, server_bin, tokio_unstable, run_dir, tests, .. } => json!({
+            Event::RunStarted { package, server_bin, tokio_unstable, run_dir, tests, stress, .. } => json!({
                 "type": "run", "event": "started", "package": package, "server_bin": server_bin,
-                "tokio_unstable": tokio_unstable, "run_dir": run_dir, "test_count": tests.len(),
+                "tokio_unstable": tokio_unstable, "run_dir": run_dir, "test_count": tests.len(), "stress": stress,
             }),
             Event::ServerReady { pid, capabilities, addresses, log, runtimes } => json!({
                 "type": "server", "event": "ready", "pid": pid, "capabilities": capabilities,
