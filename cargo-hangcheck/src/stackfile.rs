@@ -105,6 +105,9 @@ fn tasks(out: &mut String, dump: &TaskDump) {
     if let Some(note) = &dump.note {
         let _ = writeln!(out, "{} tasks not shown: {note}", dump.omitted);
     }
+    for why in &dump.runtimes_skipped {
+        let _ = writeln!(out, "not dumped: {why}");
+    }
     for g in &dump.groups {
         let ids: Vec<String> = g.ids.iter().map(u64::to_string).collect();
         let more = if g.count > g.ids.len() as u64 { ", …" } else { "" };
@@ -199,9 +202,11 @@ mod tests {
                 note: None,
                 skipped: None,
                 took_ms: 1,
+                runtimes_skipped: vec!["the current-thread runtime `listener-2` did not poll the dump task".into()],
             }),
         };
         let text = render(&stacks, &["1 × waiting in app::wait".to_owned()]);
+        assert!(text.contains("\nnot dumped: the current-thread runtime `listener-2` did not poll"), "{text}");
         let (summary, tasks, threads) =
             (text.find("== summary").unwrap(), text.find("== async tasks").unwrap(), text.find("== threads").unwrap());
         assert!(summary < tasks && tasks < threads, "{text}");

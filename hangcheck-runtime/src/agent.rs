@@ -11,14 +11,16 @@
 use std::io::{BufReader, ErrorKind};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
+
+use tokio::runtime::Handle;
 
 use crate::protocol::{
     self, AgentMessage, Hello, ProtocolError, RunnerMessage, Snapshot, Stacks, StacksBudget, Stall, StallEnd,
     MAX_AGENT_MESSAGE, MAX_RUNNER_MESSAGE, SOCKET_ENV, VERSION,
 };
-use crate::registry::Registry;
+use crate::registry::{Group, Registry};
 use crate::watchdog::Watchdog;
 use crate::{process_facts, stacks, taskdump};
 
@@ -33,6 +35,9 @@ pub(crate) struct Agent {
     pub(crate) registry: Registry,
     watchdog: Watchdog,
     events: Mutex<Sender<AgentMessage>>,
+    /// The unlisted group of hangcheck's own tasks (see [`Agent::spawn_own`]).
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    own: Arc<Group>,
 }
 
 static AGENT: OnceLock<Option<&'static Agent>> = OnceLock::new();
@@ -53,6 +58,7 @@ fn start() -> Option<&'static Agent> {
         registry: Registry::new(),
         watchdog: Watchdog::from_env(),
         events: Mutex::new(tx),
+        own: Group::unlisted("hangcheck"),
     }));
     let spawned = std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || {
         if let Err(e) = serve(agent, &path, rx) {
@@ -107,6 +113,16 @@ impl Agent {
         stalls
     }
 
+    /// Spawns one of hangcheck's own tasks onto a runtime, out of the server's task
+    /// counts: the spawn hook files it under the unlisted group, as a task counted by a
+    /// named group, and it holds no count of that group. A dump task a blocked runtime
+    /// never runs is no leak of the server's.
+    fn spawn_own(&self, handle: &Handle, task: taskdump::OwnTask) {
+        #[cfg(tokio_unstable)]
+        let _own = crate::hooks::NamedSpawn::enter(&self.own);
+        drop(handle.spawn(task));
+    }
+
     fn answer(&self, request: RunnerMessage) -> AgentMessage {
         match request {
             RunnerMessage::Snapshot { id } => AgentMessage::Snapshot { id, snapshot: self.snapshot() },
@@ -119,8 +135,9 @@ impl Agent {
                 // Thread stacks first: they come back even from a frozen runtime.
                 let mut stacks = stacks::all();
                 let budget = budget.unwrap_or(StacksBudget::DEFAULT);
-                let handle = crate::runtimes::first_handle();
-                stacks.tasks = Some(taskdump::dump(handle.as_ref(), self.watchdog.stuck(), budget, describe_task));
+                let runtimes = crate::runtimes::handles();
+                let spawn = |handle: &Handle, task: taskdump::OwnTask| self.spawn_own(handle, task);
+                stacks.tasks = Some(taskdump::dump(&runtimes, self.watchdog.stuck(), budget, describe_task, &spawn));
                 fit(&mut stacks);
                 AgentMessage::Stacks { id, stacks }
             }

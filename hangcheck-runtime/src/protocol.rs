@@ -634,6 +634,10 @@ pub struct TaskDump {
     pub skipped: Option<String>,
     /// How long the dump took, in milliseconds.
     pub took_ms: u64,
+    /// Runtimes whose tasks are not in the dump, each with why (a blocked current-thread
+    /// runtime, a multi-thread one with a stuck worker), when others' are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtimes_skipped: Vec<String>,
 }
 
 /// Tasks with one identical async trace.

@@ -249,6 +249,12 @@ impl Group {
         }
     }
 
+    /// A group no snapshot lists, for hangcheck's own tasks (the task dump it spawns onto a
+    /// current-thread runtime): the hooks know them by it, and no count includes them.
+    pub(crate) fn unlisted(key: &str) -> Arc<Group> {
+        Arc::new(Group::new(key, GroupKind::Named, None))
+    }
+
     /// Its name's number in the flight recorder.
     #[cfg_attr(not(tokio_unstable), allow(dead_code))]
     pub(crate) fn recorder_name(&self) -> u32 {

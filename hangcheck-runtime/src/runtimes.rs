@@ -175,11 +175,18 @@ pub(crate) fn infos() -> Vec<RuntimeInfo> {
     all.iter().map(|r| r.info()).collect()
 }
 
-/// The first runtime whose handle is known: its metrics fill the snapshot's `runtime`,
-/// and its task dump the stack files.
-pub(crate) fn first_handle() -> Option<Handle> {
-    let all = RUNTIMES.lock().unwrap_or_else(PoisonError::into_inner);
-    all.iter().find_map(|r| r.handle.get().cloned())
+/// Every runtime whose handle is known, with its name, in the order they were built:
+/// each one's tasks go into the task dump.
+pub(crate) fn handles() -> Vec<(String, Handle)> {
+    let all: Vec<&'static Runtime> = RUNTIMES.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let mut handles: Vec<(String, Handle)> = Vec::with_capacity(all.len());
+    for r in all {
+        let Some(handle) = r.handle.get() else { continue };
+        if !handles.iter().any(|(_, h)| h.id() == handle.id()) {
+            handles.push((r.name.clone(), handle.clone()));
+        }
+    }
+    handles
 }
 
 /// Called from `spawn` and `announce`: notes the calling thread's runtime when it is not

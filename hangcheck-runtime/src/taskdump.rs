@@ -1,23 +1,32 @@
 //! Async task stacks, from tokio's task dump: where every task is parked in its `.await`s.
 //!
 //! Available when the server is built with `--cfg tokio_unstable` and this crate's
-//! `taskdump` feature on Linux (the runner does both). A dump makes every worker pause
-//! and re-poll each task in tracing mode, so it cannot finish while a worker is stuck;
-//! it is skipped with the reason when the watchdog sees a stuck worker. Current-thread
-//! runtimes are skipped: tokio can only dump them from inside (tokio's documented
-//! limitation).
+//! `taskdump` feature on Linux (the runner does both). Every runtime built through
+//! hangcheck is dumped, side by side, under the one deadline the runner gives.
 //!
-//! A dump, once started, is never abandoned: tokio sets a trace request that the workers
-//! honour until the dump future completes, so dropping it half-way would leave every
-//! later poll perturbed. It is driven to completion on a helper thread, with a plain
-//! thread waker (never a tokio timer, which a frozen runtime would never fire); the agent
-//! waits for it only up to the runner's budget, and a dump still running then finishes
-//! in the background, and no second one starts meanwhile.
+//! A multi-thread runtime is dumped from outside: the dump makes every worker pause and
+//! re-poll each task in tracing mode, so it cannot finish while a worker is stuck; it is
+//! skipped with the reason when the watchdog sees a stuck worker. A dump, once started,
+//! is never abandoned: tokio sets a trace request that the workers honour until the dump
+//! future completes, so dropping it half-way would leave every later poll perturbed. It
+//! is driven to completion on a helper thread, with a plain thread waker (never a tokio
+//! timer, which a frozen runtime would never fire); the agent waits for it only up to the
+//! runner's budget, and a dump still running then finishes in the background, and no
+//! second one of that runtime starts meanwhile.
+//!
+//! tokio dumps a current-thread runtime only from inside itself, so the agent spawns a
+//! task onto it that takes the dump when the runtime polls it and sends it back. A
+//! runtime whose thread is blocked (or no longer drives it) never polls that task: the
+//! deadline passes and the answer says so. The task stays queued until the runtime runs
+//! it, and no second one is spawned meanwhile. It is hangcheck's own, so it is spawned
+//! out of the server's task counts (see `SpawnOwn`).
 //!
 //! A big server has many tasks parked at the same `.await`: traces are grouped by
 //! identical (group, spawn location, trace) with a count, and the distinct traces kept
 //! are capped in bytes and in time by the [`StacksBudget`] the runner sends.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -27,33 +36,48 @@ use crate::protocol::{StacksBudget, TaskDump};
 /// Names a live task by id: its group key and spawn location (the hooks' live-task table).
 pub(crate) type Describe = fn(u64) -> Option<(String, Option<String>)>;
 
-/// Dumps the runtime's tasks within `budget`, or says why not. `stuck` is the watchdog's
-/// reason to skip; `describe` names each task dumped.
+/// One of hangcheck's own tasks, to run on a server's runtime.
+pub(crate) type OwnTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Spawns one of hangcheck's own tasks onto a runtime, out of the server's task counts
+/// (it is no task of the server's, and one a blocked runtime never runs would look leaked).
+pub(crate) type SpawnOwn<'a> = &'a dyn Fn(&Handle, OwnTask);
+
+/// Dumps the tasks of every runtime in `runtimes` (name, handle) within `budget`, or says
+/// why not. `stuck` is the watchdog's reason to skip multi-thread runtimes; `describe`
+/// names each task dumped; `spawn` puts the dump task onto a current-thread runtime.
 pub(crate) fn dump(
-    runtime: Option<&Handle>,
+    runtimes: &[(String, Handle)],
     stuck: Option<String>,
     budget: StacksBudget,
     describe: Describe,
+    spawn: SpawnOwn<'_>,
 ) -> TaskDump {
-    let skipped = |reason: String| TaskDump {
+    if runtimes.is_empty() {
+        return skipped("the agent has not seen the runtime yet".into());
+    }
+    let limits = Limits { deadline: Duration::from_millis(budget.deadline_ms), max_bytes: budget.max_bytes as usize };
+    imp::dump(runtimes, stuck, limits, describe, spawn).unwrap_or_else(skipped)
+}
+
+/// A dump that was not taken, and why.
+fn skipped(reason: String) -> TaskDump {
+    TaskDump {
         tasks: Vec::new(),
         groups: Vec::new(),
         omitted: 0,
         note: None,
         skipped: Some(reason),
         took_ms: 0,
-    };
-    let Some(handle) = runtime else {
-        return skipped("the agent has not seen the runtime yet".into());
-    };
-    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
-        return skipped("a current-thread runtime can only be dumped from inside itself (a tokio limitation)".into());
+        runtimes_skipped: Vec::new(),
     }
-    if let Some(reason) = stuck {
-        return skipped(format!("{reason}; a dump needs every worker and would not finish"));
-    }
-    imp::dump(handle, Duration::from_millis(budget.deadline_ms), budget.max_bytes as usize, describe)
-        .unwrap_or_else(skipped)
+}
+
+/// The runner's budget for one dump.
+#[cfg_attr(not(all(tokio_unstable, feature = "taskdump", target_os = "linux")), allow(dead_code))]
+struct Limits {
+    deadline: Duration,
+    max_bytes: usize,
 }
 
 // Used only where task dumps exist (and by the tests).
@@ -97,7 +121,7 @@ where
     }
     let mut groups: Vec<_> = groups.into_values().collect();
     groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.ids.cmp(&b.ids)));
-    TaskDump { tasks: Vec::new(), groups, omitted, note, skipped: None, took_ms: 0 }
+    TaskDump { tasks: Vec::new(), groups, omitted, note, skipped: None, took_ms: 0, runtimes_skipped: Vec::new() }
 }
 
 #[cfg(all(
@@ -107,20 +131,43 @@ where
     any(target_arch = "aarch64", target_arch = "x86", target_arch = "x86_64", target_arch = "s390x")
 ))]
 mod imp {
+    use std::collections::HashSet;
     use std::future::Future;
     use std::pin::pin;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{mpsc, Arc};
+    use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+    use std::sync::{Arc, Mutex, PoisonError};
     use std::task::{Context, Poll, Wake, Waker};
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
-    use tokio::runtime::Handle;
+    use tokio::runtime::{Dump, Handle, Id, RuntimeFlavor};
 
+    use super::{Describe, Limits, SpawnOwn};
     use crate::protocol::TaskDump;
 
-    /// Set while a dump runs, until it completes: a dump still finishing in the
-    /// background would only make a second one queue behind it.
-    static RUNNING: AtomicBool = AtomicBool::new(false);
+    /// Runtimes with a dump under way: a multi-thread dump still finishing in the
+    /// background, or a dump task a current-thread runtime has not run yet. A second one
+    /// would only queue behind it.
+    static UNDER_WAY: Mutex<Option<HashSet<Id>>> = Mutex::new(None);
+
+    /// A runtime's dump under way; dropping it (the dump done, or its task dropped
+    /// unpolled when the runtime shuts down) lets the next one start.
+    struct UnderWay(Id);
+
+    impl UnderWay {
+        fn claim(handle: &Handle) -> Option<UnderWay> {
+            let id = handle.id();
+            let mut set = UNDER_WAY.lock().unwrap_or_else(PoisonError::into_inner);
+            set.get_or_insert_with(HashSet::new).insert(id).then_some(UnderWay(id))
+        }
+    }
+
+    impl Drop for UnderWay {
+        fn drop(&mut self) {
+            if let Some(set) = UNDER_WAY.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+                set.remove(&self.0);
+            }
+        }
+    }
 
     struct Unpark(std::thread::Thread);
 
@@ -143,43 +190,99 @@ mod imp {
         }
     }
 
-    pub(super) fn dump(
-        handle: &Handle,
-        limit: Duration,
-        max_bytes: usize,
-        describe: super::Describe,
-    ) -> Result<TaskDump, String> {
-        if RUNNING.swap(true, Ordering::AcqRel) {
-            return Err("an earlier task dump is still finishing in the background".into());
-        }
-        let started = Instant::now();
-        let deadline = started + limit;
+    /// A multi-thread runtime, dumped from a helper thread.
+    fn from_outside(handle: &Handle) -> Result<Receiver<Dump>, String> {
+        let under_way = UnderWay::claim(handle).ok_or("an earlier task dump is still finishing in the background")?;
         let (tx, rx) = mpsc::sync_channel(1);
         let handle = handle.clone();
-        let spawned = std::thread::Builder::new().name("hangcheck-dump".into()).spawn(move || {
-            let dump = block_on(handle.dump());
-            RUNNING.store(false, Ordering::Release);
-            // The agent may have stopped waiting; the dump has completed either way.
-            let _ = tx.send(dump);
-        });
-        if let Err(e) = spawned {
-            RUNNING.store(false, Ordering::Release);
-            return Err(format!("cannot start the task dump thread: {e}"));
+        std::thread::Builder::new()
+            .name("hangcheck-dump".into())
+            .spawn(move || {
+                let dump = block_on(handle.dump());
+                drop(under_way);
+                // The agent may have stopped waiting; the dump has completed either way.
+                let _ = tx.send(dump);
+            })
+            .map_err(|e| format!("cannot start the task dump thread: {e}"))?;
+        Ok(rx)
+    }
+
+    /// A current-thread runtime, dumped from inside by a task spawned onto it.
+    fn from_inside(handle: &Handle, spawn: SpawnOwn<'_>) -> Result<Receiver<Dump>, String> {
+        let under_way = UnderWay::claim(handle).ok_or(
+            "has not polled the dump task of an earlier request yet: its thread is blocked or not driving \
+                    the runtime",
+        )?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        let inside = handle.clone();
+        spawn(
+            handle,
+            Box::pin(async move {
+                let _under_way = under_way;
+                let dump = inside.dump().await;
+                let _ = tx.send(dump);
+            }),
+        );
+        Ok(rx)
+    }
+
+    pub(super) fn dump(
+        runtimes: &[(String, Handle)],
+        stuck: Option<String>,
+        limits: Limits,
+        describe: Describe,
+        spawn: SpawnOwn<'_>,
+    ) -> Result<TaskDump, String> {
+        let started = Instant::now();
+        let deadline = started + limits.deadline;
+        let ms = limits.deadline.as_millis();
+        // Every runtime's dump starts before any is waited for: they run side by side.
+        let pending: Vec<_> = runtimes
+            .iter()
+            .map(|(name, handle)| {
+                let current = handle.runtime_flavor() == RuntimeFlavor::CurrentThread;
+                let started = match (&stuck, current) {
+                    (_, true) => from_inside(handle, spawn),
+                    (Some(reason), false) => Err(format!("{reason}; a dump needs every worker and would not finish")),
+                    (None, false) => from_outside(handle),
+                };
+                (name.as_str(), current, started)
+            })
+            .collect();
+        let (mut tasks, mut not_dumped) = (Vec::new(), Vec::new());
+        for (name, current, started) in pending {
+            let waited = started.and_then(|rx| {
+                rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).map_err(|e| match e {
+                    RecvTimeoutError::Timeout if current => format!(
+                        "did not poll the dump task within {ms} ms: its thread is blocked or not driving the runtime"
+                    ),
+                    RecvTimeoutError::Timeout => format!(
+                        "the task dump did not finish within {ms} ms (the runner's budget); it completes in the \
+                         background"
+                    ),
+                    RecvTimeoutError::Disconnected => "shut down before it was dumped".to_owned(),
+                })
+            });
+            match waited {
+                Ok(dump) => tasks.extend(dump.tasks().iter().map(|task| {
+                    let id = crate::recorder::task_id(&task.id());
+                    let (group, location) = describe(id).map_or((None, None), |(g, l)| (Some(g), l));
+                    (id, group, location, task.trace().to_string())
+                })),
+                Err(why) if current => not_dumped.push(format!("the current-thread runtime `{name}` {why}")),
+                Err(why) => not_dumped.push(format!("runtime `{name}`: {why}")),
+            }
         }
-        let Ok(dump) = rx.recv_timeout(limit) else {
-            return Err(format!(
-                "the task dump did not finish within {} ms (the runner's budget); it completes in the background",
-                limit.as_millis()
-            ));
-        };
-        let tasks: Vec<_> = dump.tasks().iter().collect();
-        let described = tasks.iter().map(|task| {
-            let id = crate::recorder::task_id(&task.id());
-            let (group, location) = describe(id).map_or((None, None), |(g, l)| (Some(g), l));
-            (id, group, location, task.trace().to_string())
-        });
-        let mut grouped = super::group(described, tasks.len(), max_bytes, deadline);
+        if not_dumped.len() == runtimes.len() {
+            return Err(not_dumped.join("; "));
+        }
+        let total = tasks.len();
+        // Waiting for a blocked runtime spends the whole budget; the others' tasks still
+        // get a quarter of it to be grouped (the runner waits the budget and 4 s more).
+        let grouping = deadline.max(Instant::now() + limits.deadline / 4);
+        let mut grouped = super::group(tasks, total, limits.max_bytes, grouping);
         grouped.took_ms = started.elapsed().as_millis() as u64;
+        grouped.runtimes_skipped = not_dumped;
         Ok(grouped)
     }
 }
@@ -191,13 +294,18 @@ mod imp {
     any(target_arch = "aarch64", target_arch = "x86", target_arch = "x86_64", target_arch = "s390x")
 )))]
 mod imp {
-    use std::time::Duration;
-
     use tokio::runtime::Handle;
 
+    use super::{Describe, Limits, SpawnOwn};
     use crate::protocol::TaskDump;
 
-    pub(super) fn dump(_: &Handle, _: Duration, _: usize, _: super::Describe) -> Result<TaskDump, String> {
+    pub(super) fn dump(
+        _: &[(String, Handle)],
+        _: Option<String>,
+        _: Limits,
+        _: Describe,
+        _: SpawnOwn<'_>,
+    ) -> Result<TaskDump, String> {
         Err("the server was built without task dumps (they need --cfg tokio_unstable and hangcheck-runtime's \
              `taskdump` feature on Linux; `cargo hangcheck test` passes both unless --stable)"
             .into())

@@ -5,6 +5,7 @@
 mod agent;
 mod bad_input;
 mod ci;
+mod current_thread;
 mod every_task;
 mod flight_recorder;
 mod hangs;
