@@ -84,10 +84,10 @@ impl Harnesses {
     /// round, since `--shuffle` gives each round an order of its own and a harness runs
     /// its trials in the order of its plan. A harness still running from the previous
     /// round is let go first.
-    pub fn plan(&mut self, cases: &[TestCase], signals: &Signals) {
+    pub fn plan<'c>(&mut self, cases: impl IntoIterator<Item = &'c TestCase>, signals: &Signals) {
         self.finish(signals);
         self.plans.clear();
-        for case in cases.iter().filter(|c| c.in_process) {
+        for case in cases.into_iter().filter(|c| c.in_process) {
             self.plans.entry(case.target.clone()).or_default().push(case.name.clone());
         }
     }
@@ -147,8 +147,8 @@ impl Harnesses {
                 let why = message.unwrap_or_else(|| format!("the trial failed; see {}", log.display()));
                 TestRun { panic, ..done(Outcome::Failed(why), Vec::new()) }
             }
-            // Ignored trials are left out of the plan; one that ignores itself at run
-            // time has nothing to report.
+            // Ignored trials the run skips are left out of the plan; one that ignores
+            // itself at run time has nothing to report.
             Heard::Message(TrialMessage::End { name, .. }) if name == case.name => {
                 self.running = Some(running);
                 done(Outcome::Passed, Vec::new())

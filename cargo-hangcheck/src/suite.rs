@@ -112,8 +112,7 @@ pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals)
     let mut cases = Vec::new();
     for (target, exe) in &built.tests {
         let (all, in_process) = list_one(config, target, exe, false, run_dir, signals)?;
-        // A harness leaves its ignored trials out of what it lists for the runner.
-        let ignored = if in_process { Vec::new() } else { list_one(config, target, exe, true, run_dir, signals)?.0 };
+        let ignored = list_one(config, target, exe, true, run_dir, signals)?.0;
         let selected = all.into_iter().filter_map(|name| {
             let ignored = ignored.contains(&name);
             let wanted =

@@ -85,7 +85,18 @@ fn shuffled_rounds_interleave_harness_trials_and_test_processes_and_every_one_ru
     // trials in the order of a plan) and a libtest target (a process per test): each
     // round's plan follows that round's order, and a harness left mid-plan is replaced.
     let mark = marker("mixed");
-    let run = hangcheck_test(&["-p", "mixed-targets", "--shuffle=7", "--repeat", "3", "--server-env", &mark]);
+    let run = hangcheck_test(&[
+        "-p",
+        "mixed-targets",
+        "--shuffle=7",
+        "--repeat",
+        "3",
+        "--server-env",
+        &mark,
+        "one",
+        "two",
+        "three",
+    ]);
     assert_eq!(run.code, 0, "{run}");
     let report = run.report();
     let order = ran(&report);

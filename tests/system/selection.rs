@@ -30,6 +30,32 @@ fn run_ignored_only_runs_the_ignored_test() {
 }
 
 #[test]
+fn an_ignored_harness_trial_is_skipped_and_runs_with_run_ignored() {
+    // The trial fails when it runs, so "passed" would be a lie either way.
+    let mark = marker("ignored-trial");
+    let run = hangcheck_test(&["-p", "mixed-targets", "--server-env", &mark, "in_"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("SKIP [  0.000s] inproc::in_ignored"), "{run}");
+    let report = run.report();
+    let outcome = |r: &serde_json::Value, name: &str| {
+        r["tests"].as_array().unwrap().iter().find(|t| t["name"] == name).map(|t| t["outcome"].clone())
+    };
+    assert_eq!(outcome(&report, "in_ignored"), Some("ignored".into()), "{run}");
+    assert_eq!(outcome(&report, "in_one"), Some("passed".into()), "{run}");
+    let junit = std::fs::read_to_string(run.run_dir().join("junit.xml")).unwrap();
+    let case = junit.split("<testcase").find(|c| c.contains("in_ignored")).unwrap();
+    assert!(case.contains("<skipped"), "{junit}");
+
+    let all = hangcheck_test(&["-p", "mixed-targets", "--server-env", &mark, "--run-ignored", "all", "in_"]);
+    assert_eq!(all.code, 4, "the ignored trial ran and failed\n{all}");
+    let report = all.report();
+    assert_eq!(outcome(&report, "in_ignored"), Some("failed".into()), "{all}");
+    assert_eq!(outcome(&report, "in_three"), Some("passed".into()), "{all}");
+    assert!(all.stdout.contains("the ignored trial ran"), "{all}");
+    crate::util::assert_no_process_with(&mark);
+}
+
+#[test]
 fn a_filter_that_matches_nothing_fails_unless_told_otherwise() {
     let run = hangcheck_test(&["-p", "two-runtimes", "no_such_test"]);
     assert_eq!(run.code, 3, "{run}");

@@ -86,9 +86,11 @@ static ANNOUNCED: OnceLock<BTreeMap<String, String>> = OnceLock::new();
 pub fn main(server_bin: impl AsRef<Path>, trials: Vec<Trial>) -> ! {
     let args = libtest_mimic::Arguments::from_args();
     if args.list && std::env::var_os(HARNESS_PROBE_ENV).is_some() {
-        // The runner asks what this target is: the marker, then what it would run.
+        // The runner asks what this target is: the marker, then its trials as libtest
+        // lists them: all of them, or with `--ignored` only the ignored ones, so that the
+        // runner reports those as skipped (or runs them, with `--run-ignored`).
         println!("{HARNESS_MARKER} {VERSION}");
-        for trial in trials.iter().filter(|t| t.is_test() && !t.has_ignored_flag()) {
+        for trial in trials.iter().filter(|t| t.is_test() && (!args.ignored || t.has_ignored_flag())) {
             println!("{}: test", trial.name());
         }
         std::process::exit(0);

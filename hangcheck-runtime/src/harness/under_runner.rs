@@ -45,7 +45,9 @@ fn serve(socket: &OsStr, trials: Vec<Trial>) -> Result<bool, ProtocolError> {
         // The first of two trials with one name wins, as `--exact` would pick it.
         by_name.entry(trial.name().to_owned()).or_insert(trial);
     }
-    let args = Arguments { test_threads: Some(1), nocapture: true, ..Arguments::default() };
+    // The runner plans only what it means to run: an ignored trial in the plan was asked
+    // for (`--run-ignored`), so it runs.
+    let args = Arguments { test_threads: Some(1), nocapture: true, include_ignored: true, ..Arguments::default() };
     let mut all_passed = true;
     for name in plan {
         protocol::write_message(&mut writer, &TrialMessage::Start { name: name.clone() })?;
