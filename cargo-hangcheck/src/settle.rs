@@ -24,12 +24,12 @@ pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the server must stay parked (no poll, nothing changed) to end a test's settle.
 ///
 /// A task asleep on a timer looks parked too, and tokio does not say when its next timer
-/// fires, so this is also the longest teardown timer a test's settle waits for: a
-/// connection that lingers 25 ms after its client is gone must not be counted against
-/// the test, even on a loaded CI machine (at 25 ms it was, now and then). A task that
-/// ends on a longer timer shows as the test's growth in the table until a later settle
-/// sees it gone; the verdicts come from the final settle, which waits for it.
-pub const PARKED_FOR: Duration = Duration::from_millis(100);
+/// fires, so this is also the longest teardown timer a test's settle waits for. At 25 ms,
+/// a connection that lingers 25 ms after its client was now and then counted against its
+/// test on a loaded CI machine; 60 ms leaves it more than twice that. A task that ends on a
+/// longer timer shows as the test's growth in the table until a later settle sees it
+/// gone; the verdicts come from the final settle, which waits for it.
+pub const PARKED_FOR: Duration = Duration::from_millis(60);
 
 /// When settling may end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,7 @@ pub fn settle(
         if !analysis::grew(before, &now, policy) || taken >= deadline || signals.interrupted() {
             return Ok(now);
         }
+        let mut next = pause;
         if until == Until::BackOrParked {
             match &stretch {
                 Some((first, since)) if parked(first, &now) => {
@@ -70,8 +71,13 @@ pub fn settle(
                 }
                 _ => stretch = Some((now, taken)),
             }
+            // Look again when the stretch would be long enough, not later: a leaking
+            // test's settle is then about PARKED_FOR, not the next step of the backoff.
+            if let Some((_, since)) = &stretch {
+                next = next.min((*since + PARKED_FOR).saturating_duration_since(Instant::now()));
+            }
         }
-        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        std::thread::sleep(next.min(deadline.saturating_duration_since(Instant::now())));
         pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
