@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hangcheck_runtime::protocol::{HARNESS_MARKER, HARNESS_PROBE_ENV};
+use hangcheck_runtime::protocol::{HARNESS_IGNORED_LISTING, HARNESS_MARKER, HARNESS_PROBE_ENV};
 
 use crate::build::Built;
 use crate::cli::RunIgnored;
@@ -111,8 +111,13 @@ pub struct TestRun {
 pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals) -> Result<Vec<TestCase>, SetupError> {
     let mut cases = Vec::new();
     for (target, exe) in &built.tests {
-        let (all, in_process) = list_one(config, target, exe, false, run_dir, signals)?;
-        let ignored = list_one(config, target, exe, true, run_dir, signals)?.0;
+        let Listing { names: all, in_process, .. } = list_one(config, target, exe, false, run_dir, signals)?;
+        let ignored = list_one(config, target, exe, true, run_dir, signals)?;
+        // A harness of an older runtime answers `--ignored` with the trials it would run.
+        let ignored = match &ignored {
+            Listing { in_process: true, ignored_only: false, .. } => Vec::new(),
+            _ => ignored.names,
+        };
         let selected = all.into_iter().filter_map(|name| {
             let ignored = ignored.contains(&name);
             let wanted =
@@ -137,8 +142,30 @@ pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals)
     Ok(cases)
 }
 
-/// The test names one binary lists (only the ignored ones with `ignored`), and whether
-/// it is a hangcheck harness (its tests run in one process).
+/// What one test binary lists.
+struct Listing {
+    /// Its test names (only the ignored ones when asked with `--ignored`).
+    names: Vec<String>,
+    /// Whether it is a hangcheck harness (its tests run in one process).
+    in_process: bool,
+    /// A harness that honours `--ignored` in its listing (see
+    /// [`hangcheck_runtime::protocol::HARNESS_IGNORED_LISTING`]).
+    ignored_only: bool,
+}
+
+impl Listing {
+    /// Reads `--list --format terse` output, with a harness's marker line if any.
+    fn parse(listing: &str) -> Listing {
+        let marker = listing.lines().next().filter(|l| l.split(' ').next() == Some(HARNESS_MARKER));
+        Listing {
+            names: listing.lines().filter_map(|l| l.strip_suffix(": test")).map(str::to_owned).collect(),
+            in_process: marker.is_some(),
+            ignored_only: marker.is_some_and(|l| l.split(' ').next_back() == Some(HARNESS_IGNORED_LISTING)),
+        }
+    }
+}
+
+/// Lists one test binary (only its ignored tests with `ignored`).
 fn list_one(
     config: &Config,
     target: &str,
@@ -146,7 +173,7 @@ fn list_one(
     ignored: bool,
     run_dir: &RunDir,
     signals: &Signals,
-) -> Result<(Vec<String>, bool), SetupError> {
+) -> Result<Listing, SetupError> {
     let log = format!("tests/{target}{}.list", if ignored { ".ignored" } else { "" });
     let (out, out_path) = run_dir.log_file(&log).map_err(SetupError::io("cannot create a log file"))?;
     let mut cmd = Command::new(exe);
@@ -172,8 +199,7 @@ fn list_one(
         Wait::Interrupted => return Err(SetupError::Interrupted),
     }
     let listing = std::fs::read_to_string(&out_path).map_err(SetupError::io("cannot read a test listing"))?;
-    let in_process = listing.lines().next().is_some_and(|l| l.split(' ').next() == Some(HARNESS_MARKER));
-    Ok((listing.lines().filter_map(|l| l.strip_suffix(": test")).map(str::to_owned).collect(), in_process))
+    Ok(Listing::parse(&listing))
 }
 
 /// Whether a case runs: ignored ones only with `--run-ignored only|all`.
@@ -295,7 +321,18 @@ fn matches(filter: &str, target: &str, name: &str, exact: bool) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::{matches, Listing};
+
+    #[test]
+    fn listings_tell_libtest_from_harnesses_old_and_new() {
+        let libtest = Listing::parse("a: test\nb: test\n");
+        assert_eq!((libtest.names.len(), libtest.in_process, libtest.ignored_only), (2, false, false));
+        let new = Listing::parse("hangcheck-harness 1 ignored-only\nslow: test\n");
+        assert_eq!((new.names, new.in_process, new.ignored_only), (vec!["slow".to_owned()], true, true));
+        // A harness of an older runtime ignores `--ignored`: its list is what it runs.
+        let old = Listing::parse("hangcheck-harness 1\nfast: test\n");
+        assert_eq!((old.in_process, old.ignored_only), (true, false));
+    }
 
     #[test]
     fn filters_match_substrings_or_with_exact_whole_names() {

@@ -46,8 +46,12 @@
 //!
 //! The runner finds out that a target is a hangcheck harness while listing it: it runs
 //! `--list --format terse` with [`HARNESS_PROBE_ENV`] set, and a harness answers with the
-//! line [`HARNESS_MARKER`] before the trials it would run (ignored trials left out). A
-//! libtest binary ignores the variable, so its listing has no such line.
+//! line [`HARNESS_MARKER`] before its trials, listed as libtest lists tests: all of them,
+//! or with `--ignored` only the ignored ones, the marker line then ending in
+//! [`HARNESS_IGNORED_LISTING`]. A harness of an older runtime lists only the trials it
+//! would run, whatever the flag, and its marker line does not end so: the runner then
+//! takes no trial for ignored. A libtest binary ignores the variable, so its listing has
+//! no such line.
 //!
 //! | direction        | `type`  | fields            | meaning                                   |
 //! |------------------|---------|-------------------|-------------------------------------------|
@@ -844,6 +848,10 @@ pub const HARNESS_PROBE_ENV: &str = "HANGCHECK_HARNESS_PROBE";
 /// The first line of a hangcheck harness's listing under [`HARNESS_PROBE_ENV`]; the
 /// number after it is [`VERSION`].
 pub const HARNESS_MARKER: &str = "hangcheck-harness";
+
+/// The last word of the [`HARNESS_MARKER`] line of a listing under `--ignored` from a
+/// harness that lists only its ignored trials there (see the [module docs](self)).
+pub const HARNESS_IGNORED_LISTING: &str = "ignored-only";
 
 /// A message from a hangcheck harness to the runner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

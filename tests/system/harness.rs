@@ -131,8 +131,9 @@ fn failing_trials_are_named_with_their_messages_and_a_dead_harness_is_replaced()
             ("trials::panics", "failed"),
             ("trials::exits_the_process", "failed"),
             ("trials::greets_after_the_exit", "passed"),
+            ("trials::is_ignored", "ignored"),
         ],
-        "the ignored trial is not run"
+        "the ignored trial is reported as ignored, not run"
     );
     let log = |i: usize| tests[i]["log"].as_str().unwrap().to_owned();
     assert!(log(0).ends_with("tests/smoke/greets.log"), "process per test: {}", log(0));

@@ -53,7 +53,9 @@ use std::sync::OnceLock;
 
 pub use libtest_mimic::{Failed, Trial};
 
-use crate::protocol::{Announcement, HARNESS_MARKER, HARNESS_PROBE_ENV, HARNESS_SOCKET_ENV, VERSION};
+use crate::protocol::{
+    Announcement, HARNESS_IGNORED_LISTING, HARNESS_MARKER, HARNESS_PROBE_ENV, HARNESS_SOCKET_ENV, VERSION,
+};
 
 mod standalone;
 mod under_runner;
@@ -89,7 +91,10 @@ pub fn main(server_bin: impl AsRef<Path>, trials: Vec<Trial>) -> ! {
         // The runner asks what this target is: the marker, then its trials as libtest
         // lists them: all of them, or with `--ignored` only the ignored ones, so that the
         // runner reports those as skipped (or runs them, with `--run-ignored`).
-        println!("{HARNESS_MARKER} {VERSION}");
+        match args.ignored {
+            true => println!("{HARNESS_MARKER} {VERSION} {HARNESS_IGNORED_LISTING}"),
+            false => println!("{HARNESS_MARKER} {VERSION}"),
+        }
         for trial in trials.iter().filter(|t| t.is_test() && (!args.ignored || t.has_ignored_flag())) {
             println!("{}: test", trial.name());
         }
