@@ -88,12 +88,11 @@ fn a_hung_trial_leaves_evidence_and_a_new_harness_runs_the_trials_after_it() {
     assert_no_process_with(&mark);
 }
 
-#[test]
-fn plain_cargo_test_starts_the_server_itself_and_leaves_nothing_behind() {
-    let mark = marker("harness-plain");
+/// A plain `cargo test` of one test target, with no runner and no `HANGCHECK_*` variable.
+fn plain_cargo_test(package: &str, target: &str, mark: &str) -> (bool, String, String) {
     let (key, value) = mark.split_once('=').unwrap();
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["test", "--quiet", "-p", "waiter-leak", "--test", "e2e", "--target-dir"])
+    cmd.args(["test", "--quiet", "-p", package, "--test", target, "--target-dir"])
         .arg(target_dir())
         .current_dir(workspace_root())
         .env(key, value)
@@ -105,11 +104,28 @@ fn plain_cargo_test_starts_the_server_itself_and_leaves_nothing_behind() {
         }
     }
     let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "cargo test failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), stdout.into_owned(), stderr.into_owned())
+}
+
+#[test]
+fn plain_cargo_test_starts_the_server_itself_and_leaves_nothing_behind() {
+    let mark = marker("harness-plain");
+    let (ok, stdout, stderr) = plain_cargo_test("waiter-leak", "e2e", &mark);
+    assert!(ok, "cargo test failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
     assert!(stdout.contains("test watch_three_keys_and_leave ... ok"), "{stdout}");
     assert!(stdout.contains("test result: ok. 7 passed; 0 failed"), "{stdout}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn plain_cargo_test_gives_the_server_the_args_and_env_of_its_package_metadata() {
+    // The server exits at once without `--echo` and `ECHO_MODE=exact`, which only its
+    // `[package.metadata.hangcheck.server]` gives it.
+    let mark = marker("harness-metadata");
+    let (ok, stdout, stderr) = plain_cargo_test("mixed-targets", "inproc", &mark);
+    assert!(ok, "cargo test failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(stdout.contains("test result: ok. 3 passed; 0 failed; 1 ignored"), "{stdout}");
     assert_no_process_with(&mark);
 }
 

@@ -57,6 +57,7 @@ use crate::protocol::{
     Announcement, HARNESS_IGNORED_LISTING, HARNESS_MARKER, HARNESS_PROBE_ENV, HARNESS_SOCKET_ENV, VERSION,
 };
 
+mod metadata;
 mod standalone;
 mod under_runner;
 

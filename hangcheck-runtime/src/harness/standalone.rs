@@ -1,7 +1,8 @@
 //! The harness on its own, under a plain `cargo test`: it starts the server and speaks to
 //! its agent as a minimal runner would — readiness only.
 //!
-//! The server gets a socket in a fresh private directory (`HANGCHECK_SOCKET`) and the
+//! The server gets the `args` and `env` of the package's `[package.metadata.hangcheck.server]`
+//! (see [`super::metadata`]), a socket in a fresh private directory (`HANGCHECK_SOCKET`) and the
 //! stall watchdog off; its output goes to `server.log` in the same directory, whose tail
 //! is shown if it never gets ready. Ready means: the agent said hello and the server
 //! announced an address, within 30 s. After that a thread reads and drops whatever the
@@ -95,8 +96,17 @@ impl Server {
             Ok(f) => f,
             Err(e) => return Err(fail("cannot share the server log", e)),
         };
+        let setup = match super::metadata::server_setup() {
+            Ok(setup) => setup,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let mut cmd = Command::new(bin);
-        cmd.env(SOCKET_ENV, dir.join("agent.sock"))
+        cmd.args(&setup.args)
+            .envs(&setup.env)
+            .env(SOCKET_ENV, dir.join("agent.sock"))
             .env(STALL_THRESHOLD_ENV, "0")
             .stdin(Stdio::null())
             .stdout(log)
