@@ -263,6 +263,11 @@ pub struct TestArgs {
     /// Extra time the server gets after it is ready, before the quiet baseline [config: warmup; default: 0s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Timeouts")]
     pub warmup: Option<Duration>,
+    /// A test run once before the baseline, to open what the server opens lazily (a pool,
+    /// a cache file); what it leaves is start-up, never a verdict. Its whole name
+    /// (`e2e::prime` or `prime`), repeatable [config: warmup = ["NAME", ...]].
+    #[arg(long = "warmup-test", value_name = "NAME", help_heading = "Timeouts")]
+    pub warmup_tests: Vec<String>,
     /// Stop at the first failed or hung test [config: fail-fast].
     #[arg(long, help_heading = "Timeouts")]
     pub fail_fast: bool,

@@ -26,7 +26,7 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     settle: Option<String>,
     baseline_settle: Option<String>,
-    warmup: Option<String>,
+    warmup: Option<WarmupKey>,
     stall_threshold: Option<String>,
     stacks_budget: Option<String>,
     stall_verdict: Option<StallVerdict>,
@@ -36,6 +36,15 @@ struct FileConfig {
     fail_fast: Option<bool>,
     no_tests: Option<NoTests>,
     leaks: Option<LeaksTable>,
+}
+
+/// `warmup = "2s"` (time the server gets before the baseline) or `warmup = ["e2e::prime"]`
+/// (tests run before the baseline, excluded from the verdicts).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum WarmupKey {
+    Duration(String),
+    Tests(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,6 +115,9 @@ pub struct Config {
     pub baseline_settle: Duration,
     /// Time after readiness before the quiet baseline is looked for.
     pub warmup: Duration,
+    /// Tests run once before the baseline (whole names, `target::name` or `name`); what
+    /// they leave is start-up, never a verdict.
+    pub warmup_tests: Vec<String>,
     /// A poll longer than this is a stall; zero turns the watchdog off.
     pub stall_threshold: Duration,
     /// What one stacks request may cost the server (`stacks-budget`, and the size cap).
@@ -208,6 +220,14 @@ impl Config {
             server_env.retain(|(key, _)| key != k);
             server_env.push((k.clone(), v.clone()));
         }
+        let (warmup_duration, mut warmup_tests) = match file.warmup {
+            Some(WarmupKey::Duration(d)) => (Some(d), Vec::new()),
+            Some(WarmupKey::Tests(names)) => (None, names),
+            None => (None, Vec::new()),
+        };
+        if !args.warmup_tests.is_empty() {
+            warmup_tests = args.warmup_tests.clone();
+        }
         let rounds = crate::rounds::Plan::of(args);
         if let Some(seed) = rounds.chaos {
             if server_args.package.stable {
@@ -275,7 +295,8 @@ impl Config {
                 "baseline-settle",
                 Duration::from_millis(250),
             )?),
-            warmup: any(duration(args.warmup, file.warmup, "warmup", Duration::ZERO)?),
+            warmup: any(duration(args.warmup, warmup_duration, "warmup", Duration::ZERO)?),
+            warmup_tests,
             stall_threshold: any(duration(
                 server_args.stall_threshold,
                 file.stall_threshold,

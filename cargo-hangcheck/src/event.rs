@@ -160,6 +160,14 @@ pub enum Event<'a> {
         /// `--fresh-server`: the round has a server of its own.
         fresh_server: bool,
     },
+    /// A warmup test (`warmup = [...]`) ran, before the baseline: what it left is
+    /// start-up, and it is not among the judged tests.
+    Warmup {
+        /// The test.
+        case: &'a TestCase,
+        /// How it went.
+        run: &'a crate::suite::TestRun,
+    },
     /// Something the user should know that does not stop the run.
     Warning {
         /// One line.

@@ -112,6 +112,7 @@ fn merge(reports: Vec<Report>, out: PathBuf) -> Report {
         final_snapshot: None,
         leaks: Vec::new(),
         startup: Vec::new(),
+        warmup: Vec::new(),
         concurrent_ops: Vec::new(),
         handovers: Vec::new(),
         stall_verdict,

@@ -89,6 +89,7 @@ fn prepare_and_run(args: &TestArgs, reporters: &mut Reporters) -> (Result<(), Se
         last: None,
         tests: Vec::new(),
         harnesses: Harnesses::default(),
+        warmup: Vec::new(),
         root,
         stall_count: 0,
         evidence_left: u32::MAX,
@@ -128,6 +129,8 @@ struct Run<'r> {
     tests: Vec<TestRecord>,
     /// The single-process path's harness processes.
     harnesses: Harnesses,
+    /// Tests run before each baseline (`warmup = [...]`).
+    warmup: Vec<TestCase>,
     /// The workspace root, cut from the front of file names in culprits.
     root: String,
     /// Stalls reported so far (`--until-fail` stops at a round that stalled).
@@ -142,8 +145,10 @@ const EVIDENCE_ROUNDS: u32 = 5;
 
 impl Run<'_> {
     fn execute(&mut self) -> Result<(), SetupError> {
-        let cases = suite::list(&self.config, &self.built, &self.run_dir, &self.signals)?;
+        let suite::Selection { warmup, tests: cases } =
+            suite::list(&self.config, &self.built, &self.run_dir, &self.signals)?;
         self.check_selection(&cases)?;
+        self.warmup = warmup;
         self.reporters.emit(Event::RunStarted {
             package: &self.config.package,
             server_bin: &self.config.server_bin,
@@ -347,6 +352,9 @@ impl Run<'_> {
         while std::time::Instant::now() < warmup_end.min(until) && !self.signals.interrupted() {
             std::thread::sleep(Duration::from_millis(20));
         }
+        for case in self.warmup.clone() {
+            self.run_warmup(&case)?;
+        }
         let quiet_for = self.config.baseline_settle;
         let server = self.server.as_mut().expect("the server is started before the baseline");
         let (baseline, quiet) = settle::quiet(&mut server.link, quiet_for, until, &self.signals)
@@ -359,6 +367,57 @@ impl Run<'_> {
         }
         let startup = analysis::startup_growth(&ready, &baseline);
         Ok((baseline, startup))
+    }
+
+    /// Runs a warmup test before the baseline, in the start-up epoch (0), so that what it
+    /// leaves (a pool it filled, a file it opened) is start-up and never a verdict. One
+    /// that does not pass is a setup error: the baseline would not be what the judged
+    /// tests start from. A hung one gets its evidence, as any test does.
+    fn run_warmup(&mut self, case: &TestCase) -> Result<(), SetupError> {
+        let id = case.id();
+        self.take_events(None);
+        let server = self.server.as_mut().expect("the server is started before the warmup");
+        let env = server.env_of_a_test()?;
+        let mut probe = ServerProbe {
+            server,
+            run_dir: &self.run_dir,
+            signals: &self.signals,
+            reporters: self.reporters,
+            stacks_source: None,
+            before: Snapshot::default(),
+            last_asked: Snapshot::default(),
+            root: &self.root,
+            epoch: 0,
+            found: Found::default(),
+            evidence_left: &mut self.evidence_left,
+        };
+        let cx = harness::Context { config: &self.config, env: &env, run_dir: &self.run_dir, signals: &self.signals };
+        let run = if case.in_process {
+            self.harnesses.plan([case], &self.signals);
+            self.harnesses.run(case, &cx, &mut probe)
+        } else {
+            suite::run(case, &self.config, &env, &self.run_dir, &self.signals, &mut probe)
+        };
+        let harness = self.harnesses.running();
+        let children: Vec<u32> = std::iter::once(server.child.pid()).chain(harness.map(|(pid, _)| pid)).collect();
+        let found = leftovers::find(&children, |who| who == id || harness.is_some_and(|(_, by)| who == by));
+        self.end_leftovers(found, &id, &format!("after-warmup-{id}"));
+        self.check_server_alive(&id)?;
+        self.take_events(None);
+        self.reporters.emit(Event::Warmup { case, run: &run });
+        match &run.outcome {
+            Outcome::Passed => Ok(()),
+            Outcome::Interrupted => Err(SetupError::Interrupted),
+            other => {
+                let (outcome, detail) = crate::report::TestOutcome::of(other);
+                let why = detail.map(|d| format!(" ({d})")).unwrap_or_default();
+                Err(SetupError::Config(format!(
+                    "the warmup test {id} {}{why}, so no baseline was taken; its log: {}",
+                    outcome.name(),
+                    run.log.display()
+                )))
+            }
+        }
     }
 
     /// An ignored test: reported, not run; its epoch stays unused.
@@ -404,8 +463,7 @@ impl Run<'_> {
             .map_err(|e| server.failure(format!("the agent stopped answering before {id}: {e}")))?;
         self.reporters.emit(Event::TestStarted { case, epoch });
         let server = self.server.as_mut().expect("the server is started before any test");
-        let mut env = server.test_env()?;
-        env.push(("HANGCHECK_SERVER_PID".to_owned(), server.child.pid().to_string()));
+        let env = server.env_of_a_test()?;
         let ports: Vec<u16> =
             server.addrs.values().filter_map(|a| a.parse::<std::net::SocketAddr>().ok()).map(|a| a.port()).collect();
         let connections_before = watched::tcp_connections(&ports);

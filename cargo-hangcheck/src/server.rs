@@ -254,6 +254,13 @@ impl Server {
             .collect())
     }
 
+    /// The environment of a test: the announced addresses and `HANGCHECK_SERVER_PID`.
+    pub fn env_of_a_test(&self) -> Result<Vec<(String, String)>, SetupError> {
+        let mut env = self.test_env()?;
+        env.push(("HANGCHECK_SERVER_PID".to_owned(), self.child.pid().to_string()));
+        Ok(env)
+    }
+
     /// A setup error about this server, with its log for the tail.
     pub fn failure(&self, cause: String) -> SetupError {
         SetupError::Server { cause, log: Some(self.log.clone()) }

@@ -105,11 +105,23 @@ pub struct TestRun {
     pub panic: Option<crate::libtest::Panic>,
 }
 
-/// Lists the tests of every built test target, keeping those that match a filter, each
-/// marked ignored or not (libtest's `--list --ignored` names the ignored ones). With
-/// [`RunIgnored::Only`] the tests that are not ignored are left out, as nextest does.
-pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals) -> Result<Vec<TestCase>, SetupError> {
-    let mut cases = Vec::new();
+/// The tests of a run: the warmup tests (`warmup = [...]`, in the order named, whatever
+/// the filters and the shard, since every run needs its baseline taken the same way), and
+/// the tests of every built test target that match a filter, each marked ignored or not
+/// (libtest's `--list --ignored` names the ignored ones). With [`RunIgnored::Only`] the
+/// tests that are not ignored are left out, as nextest does.
+pub struct Selection {
+    /// Run once before the baseline; not among `tests`.
+    pub warmup: Vec<TestCase>,
+    /// The tests judged.
+    pub tests: Vec<TestCase>,
+}
+
+/// Lists the built test targets and selects a run's tests (see [`Selection`]).
+pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals) -> Result<Selection, SetupError> {
+    // Each warmup name's test, once found.
+    let mut warmup: Vec<Option<TestCase>> = vec![None; config.warmup_tests.len()];
+    let mut tests = Vec::new();
     for (target, exe) in &built.tests {
         let Listing { names: all, in_process, .. } = list_one(config, target, exe, false, run_dir, signals)?;
         let ignored = list_one(config, target, exe, true, run_dir, signals)?;
@@ -118,28 +130,48 @@ pub fn list(config: &Config, built: &Built, run_dir: &RunDir, signals: &Signals)
             Listing { in_process: true, ignored_only: false, .. } => Vec::new(),
             _ => ignored.names,
         };
-        let selected = all.into_iter().filter_map(|name| {
-            let ignored = ignored.contains(&name);
-            let wanted =
-                config.filters.is_empty() || config.filters.iter().any(|f| matches(f, target, &name, config.exact));
-            (wanted && (ignored || config.run_ignored != RunIgnored::Only)).then(|| TestCase {
-                target: target.clone(),
-                name,
-                exe: exe.clone(),
-                in_process,
-                ignored,
-                round: 0,
-            })
+        let cases = all.into_iter().map(|name| TestCase {
+            target: target.clone(),
+            ignored: ignored.contains(&name),
+            name,
+            exe: exe.clone(),
+            in_process,
+            round: 0,
         });
+        let mut selected = Vec::new();
+        for case in cases {
+            if let Some(i) = config.warmup_tests.iter().position(|w| matches(w, &case.target, &case.name, true)) {
+                warmup[i].get_or_insert(case);
+                continue;
+            }
+            let wanted = config.filters.is_empty()
+                || config.filters.iter().any(|f| matches(f, &case.target, &case.name, config.exact));
+            if wanted && (case.ignored || config.run_ignored != RunIgnored::Only) {
+                selected.push(case);
+            }
+        }
         // The shard is dealt per test target, after the filters, as nextest does.
-        cases.extend(
+        tests.extend(
             selected
+                .into_iter()
                 .enumerate()
                 .filter(|(i, case)| config.partition.is_none_or(|p| p.takes(*i, &case.id())))
                 .map(|(_, c)| c),
         );
     }
-    Ok(cases)
+    let warmup = config
+        .warmup_tests
+        .iter()
+        .zip(warmup)
+        .map(|(name, case)| {
+            case.ok_or_else(|| {
+                SetupError::Config(format!(
+                    "the warmup test `{name}` matches no test (whole names: `target::name` or `name`)"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Selection { warmup, tests })
 }
 
 /// What one test binary lists.

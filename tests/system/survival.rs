@@ -276,8 +276,13 @@ fn a_task_dump_past_its_budget_completes_in_the_background_and_the_next_one_runs
     // Had the first dump been abandoned with tokio's trace request set, the second would
     // find it still pending; it finished in the background, so a new one was started.
     let second = agent_stacks(&run, "e2e::hangs_again");
-    assert!(second.contains("did not finish within 1 ms"), "{second}");
     assert!(!second.contains("still finishing"), "{second}");
+    // A fresh dump, over its 1 ms budget either while tokio dumps or, when the agent
+    // thread was descheduled past the budget on a loaded machine, while it groups.
+    assert!(
+        second.contains("did not finish within 1 ms") || second.contains("the time budget ran out while grouping"),
+        "{second}"
+    );
     assert_no_process_with(&mark);
 }
 

@@ -67,6 +67,37 @@ fn every_instrumented_runtime_is_listed_by_name_and_a_stall_on_the_second_is_cau
 }
 
 #[test]
+fn a_warmup_test_opens_a_lazy_pool_before_the_baseline_so_no_test_is_blamed() {
+    // The server opens a pool (a task and a socket for its life) on its first connection.
+    let mark = marker("warmup-test");
+    let lazy = ["-p", "mixed-targets", "--test", "procs", "--server-env", "LAZY_POOL=1", "--server-env", &mark];
+    let blamed = hangcheck_test(&lazy);
+    assert_eq!(blamed.code, 5, "without a warmup, the first test to connect is blamed\n{blamed}");
+    let report = blamed.report();
+    let pool = report["leaks"].as_array().unwrap().iter().find(|l| l["group"] == "pool").cloned();
+    assert_eq!(crate::util::leaked_by(&pool.expect("the pool, as a leak")), vec![("procs::proc_one", 1)]);
+
+    let warmed = hangcheck_test(&[&lazy[..], &["--warmup-test", "proc_one"]].concat());
+    assert_eq!(warmed.code, 0, "{warmed}");
+    let report = warmed.report();
+    assert!(report["leaks"].as_array().unwrap().is_empty(), "{warmed}");
+    assert_eq!(report["warmup"][0]["id"], "procs::proc_one", "{:#}", report["warmup"]);
+    assert_eq!(report["warmup"][0]["outcome"], "passed");
+    // It ran before the baseline, once, and is not among the judged tests.
+    let ids: Vec<&str> = report["tests"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec!["procs::proc_two"], "{warmed}");
+    let startup: Vec<&str> =
+        report["startup"].as_array().unwrap().iter().map(|g| g["measure"].as_str().unwrap()).collect();
+    assert!(startup.contains(&"pool"), "what the warmup opened is start-up: {startup:?}\n{warmed}");
+    assert!(warmed.stderr.contains("Warmup procs::proc_one passed"), "{warmed}");
+
+    let unknown = hangcheck_test(&[&lazy[..], &["--warmup-test", "proc_three"]].concat());
+    assert_eq!(unknown.code, 3, "{unknown}");
+    assert!(unknown.error_line().contains("the warmup test `proc_three` matches no test"), "{unknown}");
+    assert_no_process_with(&mark);
+}
+
+#[test]
 fn resources_a_server_opens_after_its_announce_are_start_up_not_a_leak() {
     let mark = marker("late-start");
     let run = hangcheck_test(&["-p", "late-start", "--server-env", &mark]);

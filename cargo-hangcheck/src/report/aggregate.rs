@@ -41,6 +41,7 @@ pub struct Aggregator {
     /// Every server the run started, in order (one per round with `--fresh-server`).
     server_pids: Vec<u32>,
     startup: Vec<StartupGrowth>,
+    warmup: Vec<super::WarmupEntry>,
     /// What the agent's hello claimed; the report keeps only what the snapshots prove.
     hello_capabilities: Vec<String>,
     watchdog: bool,
@@ -94,6 +95,7 @@ impl Reporter for Aggregator {
                 }
             }
             Event::Startup { growth } => self.startup = growth.to_vec(),
+            Event::Warmup { case, run } => self.warmup.push(super::WarmupEntry::of(case, run)),
             Event::Leftover { leftover, .. } => self.leftovers.push(leftover.clone()),
             Event::ProtocolError { message } => self.protocol_errors.push(message.to_owned()),
             Event::FinalSnapshot { snapshot } => self.last = Some(snapshot.clone()),
@@ -169,6 +171,7 @@ impl Aggregator {
             slow_ops: self.last.as_ref().map(super::slow_ops).unwrap_or_default(),
             handovers: self.last.as_ref().map(crate::analysis::handovers).unwrap_or_default(),
             startup: self.startup,
+            warmup: self.warmup,
             stall_verdict: self.stall_verdict,
             counters: self.baseline.as_ref().map(|b| super::counters(b, &self.snapshots)).unwrap_or_default(),
             baseline: self.baseline,

@@ -102,6 +102,9 @@ impl Reporter for JsonLines {
                 shutdown,
             ),
             Event::Warning { message } => json!({ "type": "warning", "message": message }),
+            Event::Warmup { case, run } => {
+                json!({ "type": "warmup", "test": super::WarmupEntry::of(case, run) })
+            }
             Event::Round { round, seed, chaos, fresh_server } => {
                 json!({ "type": "round", "event": "started", "round": round, "shuffle_seed": seed, "chaos_seed": chaos, "fresh_server": fresh_server })
             }

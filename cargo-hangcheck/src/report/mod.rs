@@ -197,6 +197,9 @@ pub struct Report {
     /// not any test's doing.
     #[serde(default)]
     pub startup: Vec<StartupGrowth>,
+    /// The warmup tests (`warmup = [...]`), run before the baseline and not judged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warmup: Vec<WarmupEntry>,
     /// Operations of one key in flight at the same time for longer than the grace (or
     /// the new one ending while the old one ran on).
     pub concurrent_ops: Vec<ConcurrentOps>,
@@ -231,6 +234,31 @@ pub struct Report {
     /// With `--stress N`: the copies of each test run at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stress: Option<u32>,
+}
+
+/// A warmup test in the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WarmupEntry {
+    /// `target::name`.
+    pub id: String,
+    /// How it ended.
+    pub outcome: TestOutcome,
+    /// How long it ran.
+    pub duration_ms: u64,
+    /// Its output.
+    pub log: PathBuf,
+}
+
+impl WarmupEntry {
+    /// The entry of a warmup test that ran.
+    pub fn of(case: &crate::suite::TestCase, run: &crate::suite::TestRun) -> WarmupEntry {
+        WarmupEntry {
+            id: case.id(),
+            outcome: TestOutcome::of(&run.outcome).0,
+            duration_ms: run.duration.as_millis() as u64,
+            log: run.log.clone(),
+        }
+    }
 }
 
 /// The rounds of a repeated run.

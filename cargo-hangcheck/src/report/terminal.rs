@@ -109,6 +109,7 @@ impl Reporter for Displayer {
                 self.baseline = Some(snapshot.clone());
                 self.last = Some(snapshot.clone());
                 match self.stress {
+                    0 | 1 if self.test_count == 1 => status("Running", "1 test"),
                     0 | 1 => status("Running", format!("{} tests, one at a time", self.test_count)),
                     n => status(
                         "Running",
@@ -146,6 +147,18 @@ impl Reporter for Displayer {
                 }
             }
             Event::Warning { message } => warn(message),
+            Event::Warmup { case, run } => {
+                let (outcome, _) = TestOutcome::of(&run.outcome);
+                status(
+                    "Warmup",
+                    format!(
+                        "{} {} in {:.3}s, before the baseline",
+                        case.id(),
+                        outcome.name(),
+                        run.duration.as_secs_f64()
+                    ),
+                )
+            }
             Event::Round { round, seed, chaos, .. } => {
                 let seeds: Vec<String> =
                     [seed.map(|s| format!("--shuffle={s}")), chaos.map(|s| format!("--chaos={s}"))]
@@ -652,8 +665,9 @@ fn summary(out: &mut dyn Write, report: &Report) {
     let style = if report.exit_code == 0 { GREEN } else { RED };
     say!(out);
     say!(out,
-        "{style}Summary{style:#} {} tests: {passed} passed, {failed} failed, {hung} hung{ignored}; {} leak{}; {} stall{}; shutdown {}",
+        "{style}Summary{style:#} {} test{}: {passed} passed, {failed} failed, {hung} hung{ignored}; {} leak{}; {} stall{}; shutdown {}",
         report.tests.len(),
+        if report.tests.len() == 1 { "" } else { "s" },
         report.leaks.len(),
         if report.leaks.len() == 1 { "" } else { "s" },
         report.stalls.len(),

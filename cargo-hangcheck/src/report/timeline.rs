@@ -231,6 +231,7 @@ impl Timeline {
             | Event::StallEnded { .. }
             | Event::ProtocolError { .. }
             | Event::Warning { .. }
+            | Event::Warmup { .. }
             | Event::Round { .. }
             | Event::SetupError { .. } => {}
         }
