@@ -158,6 +158,21 @@ fn fresh_server_starts_a_server_per_round_and_judges_each_rounds_leak_against_it
     );
     assert!(run.stdout.contains("LEAK task group `waiter`, spawned at examples/waiter-leak/src/main.rs:"), "{run}");
     assert!(run.stdout.contains("in round 3's server"), "{run}");
+    // The accumulation table counts each round's tests from its own server's baseline:
+    // the drop is on the new server's baseline row, never on a test's.
+    assert_eq!(run.stdout.matches("(baseline of a fresh server)").count(), 2, "{run}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    for (i, _) in lines.iter().enumerate().filter(|(_, l)| l.contains("(baseline of a fresh server)")) {
+        let first = lines[i + 1];
+        assert!(first.contains("e2e::ping") && first.contains("1 (+1)") && !first.contains("(-"), "{run}");
+    }
+    // Counters too: the total is the sum over the three servers.
+    let connects = report["counters"].as_array().unwrap().iter().find(|c| c["name"] == "connects").unwrap();
+    let per_test: Vec<u64> = connects["per_test"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(per_test.len(), 21, "{connects:#}");
+    // A round's tests connect 17 times; three rounds, three servers counting from 0.
+    assert_eq!(connects["total"], 3 * 17, "{connects:#}");
+    assert_eq!(per_test.iter().sum::<u64>(), 3 * 17, "{connects:#}");
     assert_no_process_with(&mark);
 }
 

@@ -26,6 +26,8 @@ pub struct Aggregator {
     /// Each test's settled snapshot, in run order, for the counters.
     snapshots: Vec<Option<Snapshot>>,
     baseline: Option<Snapshot>,
+    /// With `--fresh-server`: each later server's baseline, and how many tests ran before.
+    fresh_baselines: Vec<(usize, Snapshot)>,
     /// The latest settled snapshot: the final one, or the last test's if the run stopped.
     last: Option<Snapshot>,
     leaks: Vec<Leak>,
@@ -73,6 +75,12 @@ impl Reporter for Aggregator {
                 self.hello_capabilities = capabilities.to_vec();
                 self.server.addresses = addresses.clone();
                 self.server.log = Some(log.to_owned());
+            }
+            Event::Baseline { snapshot } if self.baseline.is_some() => {
+                // A round's fresh server (`--fresh-server`): the tests from here on count
+                // from its baseline; report.json's `baseline` stays the first server's.
+                self.fresh_baselines.push((self.snapshots.len(), snapshot.clone()));
+                self.last = Some(snapshot.clone());
             }
             Event::Baseline { snapshot } => {
                 self.baseline = Some(snapshot.clone());
@@ -173,7 +181,11 @@ impl Aggregator {
             startup: self.startup,
             warmup: self.warmup,
             stall_verdict: self.stall_verdict,
-            counters: self.baseline.as_ref().map(|b| super::counters(b, &self.snapshots)).unwrap_or_default(),
+            counters: self
+                .baseline
+                .as_ref()
+                .map(|b| super::counters_over_servers(b, &self.fresh_baselines, &self.snapshots))
+                .unwrap_or_default(),
             baseline: self.baseline,
             final_snapshot: self.last,
             leaks: self.leaks,

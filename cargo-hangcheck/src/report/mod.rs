@@ -437,6 +437,43 @@ pub fn counters(baseline: &Snapshot, tests: &[Option<Snapshot>]) -> Vec<CounterE
         .collect()
 }
 
+/// [`counters`] over a run whose rounds each had a server of their own (`--fresh-server`):
+/// `fresh` holds each later server's baseline with the number of tests run before it. A
+/// counter's rises in each test are counted from its own server's baseline, and its total
+/// is the sum over the servers.
+pub fn counters_over_servers(
+    first: &Snapshot,
+    fresh: &[(usize, Snapshot)],
+    tests: &[Option<Snapshot>],
+) -> Vec<CounterEntry> {
+    let starts: Vec<(usize, &Snapshot)> =
+        std::iter::once((0, first)).chain(fresh.iter().map(|(at, b)| (*at, b))).collect();
+    let mut out: Vec<CounterEntry> = Vec::new();
+    for (i, (at, baseline)) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).map_or(tests.len(), |(next, _)| *next).min(tests.len());
+        let segment = &tests[(*at).min(end)..end];
+        for entry in counters(baseline, segment) {
+            let position = out.iter().position(|e| e.name == entry.name);
+            let merged = match position {
+                Some(p) => &mut out[p],
+                None => {
+                    out.push(CounterEntry { name: entry.name.clone(), total: 0, per_test: vec![Some(0); *at] });
+                    out.last_mut().expect("just pushed")
+                }
+            };
+            merged.total += entry.total.saturating_sub(baseline.counters.get(&entry.name).copied().unwrap_or(0));
+            merged.per_test.resize(*at, Some(0));
+            merged.per_test.extend(entry.per_test);
+        }
+    }
+    for entry in &mut out {
+        entry.per_test.resize(tests.len(), Some(0));
+        entry.total += first.counters.get(&entry.name).copied().unwrap_or(0);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
 /// How a test ended, as the report names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -627,4 +664,29 @@ pub fn verdict(
         return Verdict::Leaks;
     }
     Verdict::Ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(count: u64) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.counters.insert("requests".into(), count);
+        s
+    }
+
+    #[test]
+    fn counters_over_fresh_servers_count_each_from_its_own_baseline() {
+        let tests = [Some(with(1)), Some(with(2)), Some(with(1)), None, Some(with(3))];
+        let over = counters_over_servers(&with(0), &[(2, with(0))], &tests);
+        assert_eq!(over.len(), 1);
+        assert_eq!(over[0].per_test, vec![Some(1), Some(1), Some(1), None, Some(2)]);
+        assert_eq!(over[0].total, 5, "2 on the first server, 3 on the second");
+        // Without fresh servers it is `counters`.
+        let one = counters_over_servers(&with(1), &[], &tests[..2]);
+        let plain = counters(&with(1), &tests[..2]);
+        assert_eq!((one[0].total, &one[0].per_test), (plain[0].total, &plain[0].per_test));
+        assert_eq!((one[0].total, one[0].per_test.clone()), (2, vec![Some(0), Some(1)]));
+    }
 }

@@ -32,7 +32,8 @@ macro_rules! say {
 /// One row of the accumulation table, as the displayer folds it.
 struct Row {
     id: String,
-    outcome: TestOutcome,
+    /// `None` for the baseline of a round's fresh server (`--fresh-server`).
+    outcome: Option<TestOutcome>,
     snapshot: Option<Snapshot>,
 }
 
@@ -105,6 +106,12 @@ impl Reporter for Displayer {
             }
             Event::Startup { growth } => startup(growth),
             Event::StallEnded { .. } => {}
+            Event::Baseline { snapshot } if self.baseline.is_some() => {
+                // A round's fresh server: its tests' rows count from its own baseline.
+                self.last = Some(snapshot.clone());
+                let id = "(baseline of a fresh server)".to_owned();
+                self.rows.push(Row { id, outcome: None, snapshot: Some(snapshot.clone()) });
+            }
             Event::Baseline { snapshot } => {
                 self.baseline = Some(snapshot.clone());
                 self.last = Some(snapshot.clone());
@@ -125,7 +132,7 @@ impl Reporter for Displayer {
             Event::TestFinished { record } => {
                 test_line(&mut out, record, self.last.as_ref());
                 let (outcome, _) = TestOutcome::of(&record.run.outcome);
-                self.rows.push(Row { id: record.case.id(), outcome, snapshot: record.snapshot.clone() });
+                self.rows.push(Row { id: record.case.id(), outcome: Some(outcome), snapshot: record.snapshot.clone() });
                 if let Some(s) = &record.snapshot {
                     self.last = Some(s.clone());
                 }
@@ -373,7 +380,7 @@ fn table(out: &mut dyn Write, baseline: &Snapshot, tests: &[Row]) {
     }
     say!(out, "{BOLD}{header}{BOLD:#}");
     for (i, name) in names.iter().enumerate() {
-        let result = if i == 0 { "" } else { tests[i - 1].outcome.name() };
+        let result = if i == 0 { "" } else { tests[i - 1].outcome.map_or("", TestOutcome::name) };
         let mut line = format!("  {:>3}  {:<name_width$}  {:<6}", i, truncate(name, name_width), result);
         for (cs, w) in cells.iter().zip(&widths) {
             line.push_str(&format!("  {:>w$}", cs[i], w = *w));
