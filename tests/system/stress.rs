@@ -3,7 +3,16 @@
 
 use std::path::Path;
 
-use crate::util::{assert_no_process_with, hangcheck_test, leaked_by, marker, outcome_of, read};
+use crate::util::{
+    assert_no_process_with, hangcheck_test, leaked_by, marker, outcome_of, read, spawn_runner_env, test_args, Run,
+};
+
+/// `hangcheck test ARGS` with `mark` in the runner's environment, so that every copy it
+/// starts (and the server) carries it for [`assert_no_process_with`].
+fn marked_run(args: &[&str], mark: &str) -> Run {
+    let (key, value) = mark.split_once('=').expect("a marker is KEY=VALUE");
+    spawn_runner_env(&test_args(args), &[(key, value)]).wait()
+}
 
 #[test]
 fn stress_4_counts_the_leak_of_all_four_copies_of_each_harness_trial() {
@@ -32,7 +41,7 @@ fn stress_4_counts_the_leak_of_all_four_copies_of_each_harness_trial() {
 #[test]
 fn a_hang_under_stress_gets_evidence_then_every_copy_is_stopped() {
     let mark = marker("stress-hang");
-    let run = hangcheck_test(&["-p", "never-answers", "--stress", "3", "--server-env", &mark, "quiet", "ping"]);
+    let run = marked_run(&["-p", "never-answers", "--stress", "3", "quiet", "ping"], &mark);
     assert_eq!(run.code, 6, "{run}");
     let report = run.report();
     let tests = report["tests"].as_array().unwrap();
@@ -53,19 +62,42 @@ fn a_hang_under_stress_gets_evidence_then_every_copy_is_stopped() {
 }
 
 #[test]
-fn stress_runs_n_processes_of_each_libtest_test() {
+fn stress_runs_n_processes_of_each_libtest_test_in_each_round() {
     let mark = marker("stress-procs");
-    let run = hangcheck_test(&["-p", "mixed-targets", "--test", "procs", "--stress", "3", "--server-env", &mark]);
+    let run = marked_run(&["-p", "mixed-targets", "--test", "procs", "--stress", "3", "--repeat", "2"], &mark);
     assert_eq!(run.code, 0, "{run}");
     let report = run.report();
+    assert_eq!((report["stress"].as_u64(), report["rounds"]["stress"].as_u64()), (Some(3), Some(3)), "{run}");
     let tests = report["tests"].as_array().unwrap();
-    assert!(!tests.is_empty() && tests.iter().all(|t| t["outcome"] == "passed"), "{run}");
+    assert!(
+        tests.len() == 4 && tests.iter().all(|t| t["outcome"] == "passed"),
+        "two tests, two rounds
+{run}"
+    );
     for t in tests {
         let name = t["id"].as_str().unwrap().trim_start_matches("procs::");
         for k in 1..=3 {
-            let log = run.run_dir().join(format!("tests/procs/{name}.copy-{k}.log"));
+            let log = run.run_dir().join(format!("rounds/{}/tests/procs/{name}.copy-{k}.log", t["round"]));
             assert!(read(&log).contains("test result: ok. 1 passed"), "{}", log.display());
         }
+    }
+    assert_no_process_with(&mark);
+}
+
+#[test]
+fn a_hang_of_libtest_copies_gets_evidence_and_no_copy_is_left_running() {
+    let mark = marker("stress-procs-hang");
+    let run = marked_run(&["-p", "lock-order", "--stress", "2", "transfer_during_an_audit"], &mark);
+    assert_eq!(run.code, 6, "{run}");
+    let report = run.report();
+    assert_eq!(outcome_of(&report, "e2e::transfer_during_an_audit"), "hung", "{run}");
+    let hung = &report["tests"][0];
+    let evidence: Vec<&str> = hung["evidence"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    let stacks = evidence.iter().find(|e| e.ends_with(".stacks.txt")).unwrap_or_else(|| panic!("{hung:#}"));
+    assert!(read(Path::new(stacks)).contains("lock_order::"), "{stacks}");
+    for k in 1..=2 {
+        let log = run.run_dir().join(format!("tests/e2e/transfer_during_an_audit.copy-{k}.log"));
+        assert!(log.exists(), "{}\n{run}", log.display());
     }
     assert_no_process_with(&mark);
 }
