@@ -11,7 +11,7 @@
 use std::io::{BufReader, ErrorKind};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -37,7 +37,7 @@ pub(crate) struct Agent {
     events: Mutex<Sender<AgentMessage>>,
     /// The unlisted group of hangcheck's own tasks (see [`Agent::spawn_own`]).
     #[cfg_attr(not(tokio_unstable), allow(dead_code))]
-    own: Arc<Group>,
+    own: &'static Group,
 }
 
 static AGENT: OnceLock<Option<&'static Agent>> = OnceLock::new();
@@ -119,7 +119,7 @@ impl Agent {
     /// never runs is no leak of the server's.
     fn spawn_own(&self, handle: &Handle, task: taskdump::OwnTask) {
         #[cfg(tokio_unstable)]
-        let _own = crate::hooks::NamedSpawn::enter(&self.own);
+        let _own = crate::hooks::NamedSpawn::enter(self.own);
         drop(handle.spawn(task));
     }
 
@@ -145,10 +145,12 @@ impl Agent {
     }
 }
 
-/// A live task's group key and spawn location, from the hooks' live-task table.
+/// A live task's group key and spawn location, from the registry's table of the tasks
+/// tokio's hooks saw spawned.
 #[cfg(tokio_unstable)]
 fn describe_task(id: u64) -> Option<(String, Option<String>)> {
-    crate::hooks::describe_task(id)
+    let group = get()?.registry.task_group(id)?;
+    Some((group.key().to_owned(), group.location().map(str::to_owned)))
 }
 
 /// Without `tokio_unstable` there are no task hooks, so no table to name tasks from.

@@ -19,7 +19,7 @@ use crate::registry::Registry;
 use crate::runtimes::{Hook, Runtime};
 
 #[cfg(tokio_unstable)]
-pub(crate) use unstable::{describe_task, NamedSpawn};
+pub(crate) use unstable::NamedSpawn;
 
 /// Installs the hooks this build of tokio offers and records the runtime about to be
 /// built, named `label` (else after the building thread).
@@ -50,51 +50,27 @@ pub(crate) fn install(builder: &mut Builder, registry: &'static Registry, label:
 #[cfg(tokio_unstable)]
 mod unstable {
     use std::cell::Cell;
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex, PoisonError};
 
     use tokio::runtime::{Builder, TaskMeta};
 
     use crate::protocol::RecordedKind;
     use crate::recorder;
-    use crate::registry::{Group, IntHash, Registry, TaskGuard};
+    use crate::registry::{Group, Registry};
     use crate::runtimes::{Hook, Runtime};
     use crate::watchdog;
-
-    /// What the hooks know about a live task.
-    enum Tracked {
-        /// Counted here, in a location group; dropping the guard ends its record.
-        Location(TaskGuard),
-        /// Counted by its named group (the guard lives in the task); kept only to name
-        /// the task in stall reports.
-        Named(Arc<Group>),
-    }
-
-    impl Tracked {
-        fn group(&self) -> &Group {
-            match self {
-                Tracked::Location(guard) => guard.group(),
-                Tracked::Named(group) => group,
-            }
-        }
-    }
-
-    /// Live tasks by id, sharded so that spawns on different workers rarely meet.
-    const SHARDS: usize = 16;
-    static LIVE: [Mutex<Option<HashMap<u64, Tracked, IntHash>>>; SHARDS] = [const { Mutex::new(None) }; SHARDS];
 
     thread_local! {
         /// The group a `hangcheck_runtime::spawn` on this thread is spawning into; the
         /// spawn hook runs synchronously inside `tokio::spawn`, on the same thread.
-        static NAMED: Cell<Option<Arc<Group>>> = const { Cell::new(None) };
+        static NAMED: Cell<Option<&'static Group>> = const { Cell::new(None) };
     }
 
     /// Marks the `tokio::spawn` calls made while it lives as spawns into a named group.
     pub(crate) struct NamedSpawn;
 
     impl NamedSpawn {
-        pub(crate) fn enter(group: &Arc<Group>) -> NamedSpawn {
-            NAMED.with(|n| n.set(Some(Arc::clone(group))));
+        pub(crate) fn enter(group: &'static Group) -> NamedSpawn {
+            NAMED.with(|n| n.set(Some(group)));
             NamedSpawn
         }
     }
@@ -111,10 +87,6 @@ mod unstable {
         task_id(&meta.id())
     }
 
-    fn shard(id: u64) -> std::sync::MutexGuard<'static, Option<HashMap<u64, Tracked, IntHash>>> {
-        LIVE[(id as usize) % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     pub(super) fn install(builder: &mut Builder, registry: &'static Registry, runtime: &'static Runtime) {
         builder
             .on_task_spawn(move |meta| {
@@ -122,28 +94,20 @@ mod unstable {
                 // A current-thread runtime has no threads of its own to learn it from.
                 runtime.learn_handle();
                 let id = id_of(meta);
-                let named = NAMED.with(|n| {
-                    let group = n.take();
-                    n.set(group.clone());
-                    group
-                });
-                let tracked = match named {
-                    Some(group) => Tracked::Named(group),
-                    None => Tracked::Location(registry.born_into(registry.site_group(meta.spawned_at()))),
-                };
-                let name = tracked.group().recorder_name();
-                recorder::record(RecordedKind::TaskSpawn, name, id, registry.epoch());
-                shard(id).get_or_insert_with(|| HashMap::with_hasher(IntHash)).insert(id, tracked);
+                let named = NAMED.with(Cell::get);
+                let (group, at) = registry.task_spawned(id, named, meta.spawned_at());
+                let epoch = registry.epoch();
+                match at {
+                    Some(at) => recorder::record_at(RecordedKind::TaskSpawn, group.recorder_name(), id, epoch, at),
+                    None => recorder::record(RecordedKind::TaskSpawn, group.recorder_name(), id, epoch),
+                }
             })
-            .on_task_terminate(|meta| {
+            .on_task_terminate(move |meta| {
                 let id = id_of(meta);
                 // Blocking tasks end here without a spawn hook; they are simply absent.
-                // The record is dropped outside the shard's lock.
-                let removed = shard(id).as_mut().and_then(|m| m.remove(&id));
-                if let Some(tracked) = &removed {
-                    recorder::record(RecordedKind::TaskEnd, tracked.group().recorder_name(), id, 0);
+                if let Some(group) = registry.task_ended(id) {
+                    recorder::record(RecordedKind::TaskEnd, group.recorder_name(), id, 0);
                 }
-                drop(removed);
             })
             .on_before_task_poll(move |meta| {
                 runtime.fired(Hook::TaskPoll);
@@ -163,11 +127,10 @@ mod unstable {
             );
         }
         if poll_stats() {
-            builder.on_after_task_poll(|meta| {
-                let busy_ns = watchdog::idle();
-                let id = id_of(meta);
-                if let Some(tracked) = shard(id).as_ref().and_then(|m| m.get(&id)) {
-                    tracked.group().record_poll(busy_ns);
+            builder.on_after_task_poll(move |meta| {
+                let busy_ns = watchdog::idle_timed();
+                if let Some(group) = registry.task_group(id_of(meta)) {
+                    group.record_poll(busy_ns);
                 }
             });
         } else {
@@ -181,10 +144,5 @@ mod unstable {
     /// when the runner asks (`poll-stats = true`, `HANGCHECK_POLL_STATS=1`).
     fn poll_stats() -> bool {
         std::env::var(crate::protocol::POLL_STATS_ENV).is_ok_and(|v| v == "1")
-    }
-
-    /// The group key and location of a live task, for stall reports.
-    pub(crate) fn describe_task(id: u64) -> Option<(String, Option<String>)> {
-        shard(id).as_ref()?.get(&id).map(|t| (t.group().key().to_owned(), t.group().location().map(str::to_owned)))
     }
 }

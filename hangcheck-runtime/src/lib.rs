@@ -168,10 +168,10 @@ mod api {
         };
         crate::runtimes::note_current();
         let group = agent.registry.named_group(name, Location::caller());
-        let guard = agent.registry.born_into(Arc::clone(&group));
+        let guard = agent.registry.born_into(group);
         // Tells tokio's spawn hook (tokio_unstable) that this task is counted by name.
         #[cfg(tokio_unstable)]
-        let _named = crate::hooks::NamedSpawn::enter(&group);
+        let _named = crate::hooks::NamedSpawn::enter(group);
         tokio::spawn(async move {
             let _guard = guard;
             future.await

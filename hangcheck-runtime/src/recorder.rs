@@ -122,7 +122,17 @@ fn kind_of(code: u64) -> Option<RecordedKind> {
 #[inline]
 pub(crate) fn record(kind: RecordedKind, name: u32, a: u64, b: u64) {
     if let Some(ring) = RING.get() {
-        ring.record(kind, name, a, b);
+        ring.record(kind, name, a, b, clock::now_ns());
+    }
+}
+
+/// [`record`] at `at_ns`, a [`clock::now_ns`] reading the caller has just taken (a spawn
+/// reads the clock for the task's birth; one reading serves both).
+#[cfg_attr(not(tokio_unstable), allow(dead_code))]
+#[inline]
+pub(crate) fn record_at(kind: RecordedKind, name: u32, a: u64, b: u64, at_ns: u64) {
+    if let Some(ring) = RING.get() {
+        ring.record(kind, name, a, b, at_ns);
     }
 }
 
@@ -141,12 +151,12 @@ impl Ring {
     }
 
     #[inline]
-    fn record(&self, kind: RecordedKind, name: u32, a: u64, b: u64) {
+    fn record(&self, kind: RecordedKind, name: u32, a: u64, b: u64, at_ns: u64) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let slot = &self.slots[(n % self.slots.len() as u64) as usize];
         slot.seq.store(2 * n + 1, Ordering::Relaxed);
         fence(Ordering::Release);
-        slot.at_ns.store(clock::now_ns(), Ordering::Relaxed);
+        slot.at_ns.store(at_ns, Ordering::Relaxed);
         slot.head.store(code(kind) << 56 | u64::from(name), Ordering::Relaxed);
         slot.a.store(a, Ordering::Relaxed);
         slot.b.store(b, Ordering::Relaxed);
@@ -250,7 +260,7 @@ mod tests {
     fn the_ring_keeps_the_last_events_whole_and_in_order_with_their_names() {
         // A ring of its own: the process's ring takes what other tests record.
         let ring = Ring::new(8);
-        let record = |kind, name, a, b| ring.record(kind, name, a, b);
+        let record = |kind, name, a, b| ring.record(kind, name, a, b, clock::now_ns());
         let group = intern(NameKind::Group, "waiter", Some("src/main.rs:112"));
         let op = intern(NameKind::Op, "stream", None);
         let counter = intern(NameKind::Counter, "disconnects", None);

@@ -1,27 +1,35 @@
 //! The registry: what the server holds, kept cheap to update from any worker and read by
 //! the agent thread when the runner asks.
 //!
-//! Task groups keep one record per live task (its birth instant and epoch) in a slab
-//! behind a per-group mutex: spawning and finishing touch only their own group, and a
+//! Task groups keep a record per live task (its birth instant and epoch), so that a
 //! snapshot can tell the age of the oldest survivor and which epoch (test) each was born
-//! in — the counts alone cannot make a leak self-evident, the ages do. Counters and
+//! in — the counts alone cannot make a leak self-evident, the ages do. The records are
+//! [`Births`], which answer a snapshot without visiting each task. A task spawned through
+//! `hangcheck_runtime::spawn` is recorded in its named group, behind the group's lock, by
+//! a guard in the task; a task seen only by tokio's hooks is recorded in the hooks' table
+//! of live tasks ([`tasks`]), under the one lock its spawn takes anyway. Groups live as
+//! long as the process, so the hot paths hold plain references to them. Counters and
 //! gauges are plain atomics behind a handle, so updating one takes no lock.
+
+mod births;
+#[cfg(tokio_unstable)]
+mod tasks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::Location;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
-use slab::Slab;
+use births::{Births, Summary};
 
 use crate::clock;
-use crate::protocol::{Announcement, EpochCount, GroupKind, GroupStats};
+use crate::protocol::{Announcement, GroupKind, GroupStats};
 use crate::recorder::{self, NameKind};
 
 thread_local! {
     /// The groups this thread spawned into lately, by call site (see `named_group`).
-    static LAST_NAMED: std::cell::RefCell<Vec<(usize, Arc<Group>)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static LAST_NAMED: std::cell::RefCell<Vec<(usize, &'static Group)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The one registry of the process.
@@ -29,13 +37,16 @@ pub(crate) struct Registry {
     started: Instant,
     epoch: AtomicU64,
     /// Named groups, looked up by a borrowed name (no allocation per spawn).
-    named: RwLock<HashMap<String, Arc<Group>>>,
+    named: RwLock<HashMap<String, &'static Group>>,
     /// Location groups by key (`file:line`).
-    located: RwLock<HashMap<String, Arc<Group>>>,
+    located: RwLock<HashMap<String, &'static Group>>,
     /// Location groups by the address of tokio's `&'static Location`: one map lookup per
     /// spawn, and the key is formatted once per call site, not once per spawn.
     #[cfg_attr(not(tokio_unstable), allow(dead_code))]
-    by_site: RwLock<HashMap<usize, Arc<Group>, IntHash>>,
+    by_site: RwLock<HashMap<usize, &'static Group, IntHash>>,
+    /// Live tasks by id, as tokio's task hooks see them.
+    #[cfg(tokio_unstable)]
+    tasks: tasks::Tasks,
     counters: RwLock<BTreeMap<String, Arc<Metric<AtomicU64>>>>,
     gauges: RwLock<BTreeMap<String, Arc<Metric<AtomicI64>>>>,
     announced: Mutex<Vec<Announcement>>,
@@ -49,46 +60,35 @@ pub(crate) struct Metric<A> {
     pub(crate) name: u32,
 }
 
-/// A live task's record.
-struct Birth {
-    /// [`clock::now_ns`] at the spawn.
-    at: u64,
-    epoch: u64,
-}
-
 /// The tasks of one name or one spawn location.
 pub(crate) struct Group {
     key: String,
     kind: GroupKind,
     location: Option<String>,
-    spawned: AtomicU64,
-    finished: AtomicU64,
+    /// Its number, for the hooks' table of live tasks.
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    index: u32,
     polls: AtomicU64,
     busy_ns: AtomicU64,
-    live: Mutex<Slab<Birth>>,
+    /// The births of its tasks spawned by name (see [`TaskGuard`]).
+    births: Mutex<Births>,
     /// Its name's number in the flight recorder.
     recorder_name: u32,
 }
 
+/// Numbers groups, for the hooks' table of live tasks.
+static GROUPS: AtomicU32 = AtomicU32::new(0);
+
 /// Held by a live task; dropping it (completion, cancellation, panic) ends the task's
 /// record.
 pub(crate) struct TaskGuard {
-    group: Arc<Group>,
-    slot: usize,
-}
-
-impl TaskGuard {
-    /// The task's group.
-    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
-    pub(crate) fn group(&self) -> &Group {
-        &self.group
-    }
+    group: &'static Group,
+    birth: u32,
 }
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        lock(&self.group.live).try_remove(self.slot);
-        self.group.finished.fetch_add(1, Ordering::Relaxed);
+        lock(&self.group.births).remove(self.birth);
     }
 }
 
@@ -106,6 +106,8 @@ impl Registry {
             named: RwLock::default(),
             located: RwLock::default(),
             by_site: RwLock::new(HashMap::with_hasher(IntHash)),
+            #[cfg(tokio_unstable)]
+            tasks: tasks::Tasks::default(),
             counters: RwLock::default(),
             gauges: RwLock::default(),
             announced: Mutex::default(),
@@ -127,16 +129,18 @@ impl Registry {
 
     /// The group `key` of one map, created on first use; `location` is only computed then.
     fn group(
-        map: &RwLock<HashMap<String, Arc<Group>>>,
+        map: &RwLock<HashMap<String, &'static Group>>,
         kind: GroupKind,
         key: &str,
         location: impl FnOnce() -> Option<String>,
-    ) -> Arc<Group> {
+    ) -> &'static Group {
         if let Some(g) = map.read().unwrap_or_else(PoisonError::into_inner).get(key) {
-            return Arc::clone(g);
+            return g;
         }
         let mut groups = map.write().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(groups.entry(key.to_owned()).or_insert_with(|| Arc::new(Group::new(key, kind, location()))))
+        // Leaked: a group lives as long as the process (its counts are its history), and
+        // a plain reference keeps reference counting off every spawn.
+        groups.entry(key.to_owned()).or_insert_with(|| Box::leak(Box::new(Group::new(key, kind, location()))))
     }
 
     /// Records the birth of a task in a group and returns the guard that records its end.
@@ -148,16 +152,43 @@ impl Registry {
 
     /// The location group of a spawn site (tokio's task hooks).
     #[cfg(tokio_unstable)]
-    pub(crate) fn site_group(&self, site: &'static Location<'static>) -> Arc<Group> {
+    fn site_group(&self, site: &'static Location<'static>) -> &'static Group {
         let address = site as *const Location<'static> as usize;
         if let Some(g) = self.by_site.read().unwrap_or_else(PoisonError::into_inner).get(&address) {
-            return Arc::clone(g);
+            return g;
         }
         // Two sites can share a file and line (monomorphised copies); they share a group.
         let key = location_key(site);
         let group = Registry::group(&self.located, GroupKind::Location, &key, || Some(key.clone()));
-        self.by_site.write().unwrap_or_else(PoisonError::into_inner).insert(address, Arc::clone(&group));
+        self.by_site.write().unwrap_or_else(PoisonError::into_inner).insert(address, group);
         group
+    }
+
+    /// A task spawned (tokio's spawn hook): counted in the location group of `site`,
+    /// unless it is spawned into the `named` group, whose guard counts it. Its group, and
+    /// its birth's [`clock::now_ns`] reading if it was counted here.
+    #[cfg(tokio_unstable)]
+    #[inline]
+    pub(crate) fn task_spawned(
+        &self,
+        id: u64,
+        named: Option<&'static Group>,
+        site: &'static Location<'static>,
+    ) -> (&'static Group, Option<u64>) {
+        self.tasks.spawned(id, named, site, || self.epoch(), |site| self.site_group(site))
+    }
+
+    /// A task ended (tokio's terminate hook); its group, if it was seen spawned.
+    #[cfg(tokio_unstable)]
+    #[inline]
+    pub(crate) fn task_ended(&self, id: u64) -> Option<&'static Group> {
+        self.tasks.ended(id)
+    }
+
+    /// The group of a live task seen by the hooks.
+    #[cfg(tokio_unstable)]
+    pub(crate) fn task_group(&self, id: u64) -> Option<&'static Group> {
+        self.tasks.group_of(id)
     }
 
     /// The named group `key`, created at `location` if it is new.
@@ -165,11 +196,11 @@ impl Registry {
     /// A call site nearly always spawns into the same group, so each thread remembers the
     /// last group it spawned into from each site; a hit costs a pointer and a short string
     /// comparison instead of a lock and a hash.
-    pub(crate) fn named_group(&self, key: &str, location: &'static Location<'static>) -> Arc<Group> {
+    pub(crate) fn named_group(&self, key: &str, location: &'static Location<'static>) -> &'static Group {
         let site = location as *const Location<'static> as usize;
         let cached = LAST_NAMED.with(|last| {
             let last = last.borrow();
-            last.iter().find(|(s, g)| *s == site && g.key == key).map(|(_, g)| Arc::clone(g))
+            last.iter().find(|(s, g)| *s == site && g.key == key).map(|&(_, g)| g)
         });
         if let Some(group) = cached {
             return group;
@@ -180,17 +211,18 @@ impl Registry {
             if last.len() >= 8 {
                 last.remove(0);
             }
-            last.push((site, Arc::clone(&group)));
+            last.push((site, group));
         });
         group
     }
 
     /// Records the birth of a task in `group`.
-    pub(crate) fn born_into(&self, group: Arc<Group>) -> TaskGuard {
-        let birth = Birth { at: clock::now_ns(), epoch: self.epoch() };
-        let slot = lock(&group.live).insert(birth);
-        group.spawned.fetch_add(1, Ordering::Relaxed);
-        TaskGuard { group, slot }
+    pub(crate) fn born_into(&self, group: &'static Group) -> TaskGuard {
+        let mut births = lock(&group.births);
+        // Read under the lock: births are linked in the order of their instants.
+        let birth = births.add(clock::now_ns(), self.epoch());
+        drop(births);
+        TaskGuard { group, birth }
     }
 
     pub(crate) fn counter(&self, name: &str) -> Arc<Metric<AtomicU64>> {
@@ -212,14 +244,26 @@ impl Registry {
         lock(&self.announced).clone()
     }
 
-    /// Every group's statistics, sorted by key. Each group's lock is held only while its
-    /// own records are read.
+    /// Every group's statistics, sorted by key, in time proportional to the groups (and
+    /// the epochs their survivors span), not to the tasks. A group's lock is held while
+    /// its own summary is read, each shard of the hooks' table while its summaries are.
     pub(crate) fn group_stats(&self) -> Vec<GroupStats> {
-        let mut groups: Vec<Arc<Group>> =
-            self.named.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
-        groups.extend(self.located.read().unwrap_or_else(PoisonError::into_inner).values().cloned());
+        let mut groups: Vec<&'static Group> =
+            self.named.read().unwrap_or_else(PoisonError::into_inner).values().copied().collect();
+        groups.extend(self.located.read().unwrap_or_else(PoisonError::into_inner).values().copied());
+        #[cfg_attr(not(tokio_unstable), allow(unused_mut))]
+        let mut summaries: Vec<Summary> = groups
+            .iter()
+            .map(|g| {
+                let mut summary = Summary::default();
+                lock(&g.births).add_to(&mut summary);
+                summary
+            })
+            .collect();
+        #[cfg(tokio_unstable)]
+        self.tasks.add_to(&groups, &mut summaries);
         let now = clock::now_ns();
-        let mut stats: Vec<GroupStats> = groups.iter().map(|g| g.stats(now)).collect();
+        let mut stats: Vec<GroupStats> = groups.iter().zip(summaries).map(|(g, s)| g.stats(s, now)).collect();
         stats.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
         stats
     }
@@ -240,19 +284,18 @@ impl Group {
             key: key.to_owned(),
             kind,
             location,
-            spawned: AtomicU64::new(0),
-            finished: AtomicU64::new(0),
+            index: GROUPS.fetch_add(1, Ordering::Relaxed),
             polls: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
-            live: Mutex::new(Slab::new()),
+            births: Mutex::default(),
             recorder_name,
         }
     }
 
     /// A group no snapshot lists, for hangcheck's own tasks (the task dump it spawns onto a
     /// current-thread runtime): the hooks know them by it, and no count includes them.
-    pub(crate) fn unlisted(key: &str) -> Arc<Group> {
-        Arc::new(Group::new(key, GroupKind::Named, None))
+    pub(crate) fn unlisted(key: &str) -> &'static Group {
+        Box::leak(Box::new(Group::new(key, GroupKind::Named, None)))
     }
 
     /// Its name's number in the flight recorder.
@@ -280,28 +323,18 @@ impl Group {
         self.location.as_deref()
     }
 
-    fn stats(&self, now: u64) -> GroupStats {
-        // Copy the records out and aggregate after the lock is released: a spawn into this
-        // group waits only for the copy, not for the counting.
-        let births: Vec<(u64, u64)> = lock(&self.live).iter().map(|(_, b)| (b.epoch, b.at)).collect();
-        let mut by_epoch: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut oldest: Option<u64> = None;
-        for &(epoch, at) in &births {
-            *by_epoch.entry(epoch).or_default() += 1;
-            oldest = Some(oldest.map_or(at, |o| o.min(at)));
-        }
-        let live = births.len() as u64;
+    fn stats(&self, births: Summary, now: u64) -> GroupStats {
         GroupStats {
             key: self.key.clone(),
             kind: self.kind,
             location: self.location.clone(),
-            live,
-            spawned: self.spawned.load(Ordering::Relaxed),
-            finished: self.finished.load(Ordering::Relaxed),
+            live: births.live,
+            spawned: births.added,
+            finished: births.removed,
             polls: self.polls.load(Ordering::Relaxed),
             busy_ms: self.busy_ns.load(Ordering::Relaxed) / 1_000_000,
-            oldest_age_ms: oldest.map(|o| clock::ms_since(o, now)),
-            live_by_epoch: by_epoch.into_iter().map(|(epoch, count)| EpochCount { epoch, count }).collect(),
+            oldest_age_ms: births.oldest_at.map(|o| clock::ms_since(o, now)),
+            live_by_epoch: births.by_epoch,
         }
     }
 }
@@ -396,6 +429,7 @@ impl AtomicRead<i64> for AtomicI64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::EpochCount;
 
     #[test]
     fn group_counts_survivors_by_epoch_and_forgets_finished_tasks() {

@@ -52,30 +52,36 @@ pub(crate) fn now_ns() -> u64 {
     crate::clock::now_ns().max(1)
 }
 
+#[inline]
 fn me() -> &'static Worker {
-    ME.with(|me| {
-        if let Some(w) = me.get() {
-            return w;
-        }
-        // Once per worker thread: worker threads live as long as their runtime, so the
-        // slot is leaked rather than reference-counted on every poll.
-        let w: &'static Worker = Box::leak(Box::new(Worker {
-            tid: stacks::current_tid(),
-            busy_since: AtomicU64::new(0),
-            seq: AtomicU64::new(0),
-            reported_seq: AtomicU64::new(0),
-            task: AtomicU64::new(0),
-            watched_seq: AtomicU64::new(0),
-            watched_total_ns: AtomicU64::new(0),
-            watched_stall: AtomicU64::new(0),
-        }));
-        WORKERS.lock().unwrap_or_else(PoisonError::into_inner).push(w);
-        me.set(Some(w));
-        w
-    })
+    // The common case, a worker that has its slot, stays inline: one thread-local read.
+    match ME.with(Cell::get) {
+        Some(w) => w,
+        None => register(),
+    }
+}
+
+#[cold]
+fn register() -> &'static Worker {
+    // Once per worker thread: worker threads live as long as their runtime, so the slot is
+    // leaked rather than reference-counted on every poll.
+    let w: &'static Worker = Box::leak(Box::new(Worker {
+        tid: stacks::current_tid(),
+        busy_since: AtomicU64::new(0),
+        seq: AtomicU64::new(0),
+        reported_seq: AtomicU64::new(0),
+        task: AtomicU64::new(0),
+        watched_seq: AtomicU64::new(0),
+        watched_total_ns: AtomicU64::new(0),
+        watched_stall: AtomicU64::new(0),
+    }));
+    WORKERS.lock().unwrap_or_else(PoisonError::into_inner).push(w);
+    ME.with(|me| me.set(Some(w)));
+    w
 }
 
 /// Called by the hooks when this worker starts running (a poll of `task`, 0 if unknown).
+#[inline]
 pub(crate) fn busy(task: u64) {
     let w = me();
     w.task.store(task, Ordering::Relaxed);
@@ -83,18 +89,35 @@ pub(crate) fn busy(task: u64) {
     w.busy_since.store(now_ns(), Ordering::Release);
 }
 
-/// Called by the hooks when this worker stops running; returns how long it ran, in
-/// nanoseconds.
-pub(crate) fn idle() -> u64 {
+/// Called by the hooks when this worker stops running.
+#[inline]
+pub(crate) fn idle() {
+    end_busy(false);
+}
+
+/// [`idle`], returning how long the worker ran, in nanoseconds (per-group poll statistics).
+#[cfg_attr(not(tokio_unstable), allow(dead_code))]
+pub(crate) fn idle_timed() -> u64 {
+    end_busy(true)
+}
+
+/// Ends this worker's busy period. The clock is read only when the length is wanted or a
+/// stall was reported in this period (its whole length is left for the agent): most polls
+/// end without either.
+#[inline(always)]
+fn end_busy(timed: bool) -> u64 {
     let w = me();
     let since = w.busy_since.swap(0, Ordering::AcqRel);
     if since == 0 {
         return 0;
     }
-    let busy = now_ns().saturating_sub(since);
-    // A stall was reported in this busy period: leave its whole length for the agent.
     // One load of this worker's own slot per poll.
-    if w.watched_seq.load(Ordering::Relaxed) == w.seq.load(Ordering::Relaxed) {
+    let watched = w.watched_seq.load(Ordering::Relaxed) == w.seq.load(Ordering::Relaxed);
+    if !timed && !watched {
+        return 0;
+    }
+    let busy = now_ns().saturating_sub(since);
+    if watched {
         w.watched_total_ns.store(busy.max(1), Ordering::Release);
     }
     busy
