@@ -256,7 +256,7 @@ mod api {
     }
 
     fn start_op(kind: &str, key: &str, plain: bool) -> Op {
-        Op(agent::get().map(|a| a.registry.ops.start(kind, crate::ops::key_of(key, plain), a.registry.epoch())))
+        Op(agent::get().map(|a| a.registry.ops.start(kind, crate::ops::Key::new(key, plain), a.registry.epoch())))
     }
 
     /// An in-flight operation; see [`op`]. A no-op when hangcheck is inert.

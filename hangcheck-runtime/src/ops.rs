@@ -15,12 +15,17 @@
 //!
 //! Keys are hashed before they are stored (a stable 64-bit SipHash, shown as `#` and 16
 //! hex digits), so snapshots carry no user data; [`op_plain`](crate::op_plain) opts out.
+//!
+//! Starting an operation takes no global lock and allocates nothing: each thread
+//! remembers the kinds it started lately (as spawns remember their groups), a hashed key
+//! is stored as its 64-bit hash, and only the kind's own lock is taken.
 
+use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -42,9 +47,52 @@ fn grace_from_env() -> Duration {
         .map_or(DEFAULT_GRACE, Duration::from_millis)
 }
 
+thread_local! {
+    /// The kinds this thread started operations of lately, with their registry's number.
+    static LAST_KINDS: RefCell<Vec<(u64, &'static OpKind)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Numbers registries of kinds, so that a thread's remembered kinds are never another's.
+static REGISTRIES: AtomicU64 = AtomicU64::new(0);
+
+/// An operation's key as stored: its hash, or (for `op_plain`) the key itself. Hashes
+/// order as their shown forms do (fixed-width hexadecimal).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Key {
+    Hashed(u64),
+    Plain(String),
+}
+
+impl Key {
+    /// The stored form of `key`: hashed unless `plain`.
+    pub(crate) fn new(key: &str, plain: bool) -> Key {
+        if plain {
+            Key::Plain(key.to_owned())
+        } else {
+            Key::Hashed(key_hash(key))
+        }
+    }
+
+    /// Its hash, for the flight recorder.
+    fn hash64(&self) -> u64 {
+        match self {
+            Key::Hashed(h) => *h,
+            Key::Plain(key) => key_hash(key),
+        }
+    }
+
+    /// As snapshots show it: `#` and 16 hex digits, or the plain key.
+    fn shown(&self) -> String {
+        match self {
+            Key::Hashed(h) => format!("#{h:016x}"),
+            Key::Plain(key) => key.clone(),
+        }
+    }
+}
+
 /// One in-flight operation.
 struct Record {
-    key: String,
+    key: Key,
     born: Instant,
     epoch: u64,
     budget: Option<Duration>,
@@ -66,9 +114,9 @@ pub(crate) struct OpKind {
 struct KindState {
     live: Slab<Record>,
     /// In-flight operations per key.
-    per_key: HashMap<String, KeyState>,
+    per_key: HashMap<Key, KeyState>,
     /// Overlaps that lasted longer than the grace, by key.
-    overlaps: BTreeMap<String, Recorded>,
+    overlaps: BTreeMap<Key, Recorded>,
     overlap_events: u64,
     handovers: u64,
     longest_handover: Duration,
@@ -97,19 +145,22 @@ struct Recorded {
 
 /// The registry of operation kinds.
 pub(crate) struct Ops {
-    kinds: Mutex<BTreeMap<String, Arc<OpKind>>>,
+    /// Its number (see [`LAST_KINDS`]).
+    id: u64,
+    /// Kinds by name; leaked, as they live as long as the process.
+    kinds: RwLock<BTreeMap<String, &'static OpKind>>,
     grace: Duration,
 }
 
 impl Default for Ops {
     fn default() -> Ops {
-        Ops { kinds: Mutex::default(), grace: grace_from_env() }
+        Ops::with_grace(grace_from_env())
     }
 }
 
 /// The guard of an in-flight operation; see [`crate::op`].
 pub(crate) struct OpGuard {
-    kind: Arc<OpKind>,
+    kind: &'static OpKind,
     slot: usize,
 }
 
@@ -117,50 +168,63 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The stored form of a key: hashed unless `plain`.
-pub(crate) fn key_of(key: &str, plain: bool) -> String {
-    if plain {
-        return key.to_owned();
-    }
-    // DefaultHasher::new() is SipHash with fixed keys: the same key hashes the same in
-    // every run, so a key can be followed across runs without being shown.
+/// The stable hash of a key: `DefaultHasher::new()` is SipHash with fixed keys, so the
+/// same key hashes the same in every run and can be followed across runs unshown.
+pub(crate) fn key_hash(key: &str) -> u64 {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);
-    format!("#{:016x}", h.finish())
+    h.finish()
 }
 
-/// The hash of an operation key as stored (`#` and 16 hex digits), or of a plain key.
-pub(crate) fn key_hash(key: &str) -> u64 {
-    if let Some(hex) = key.strip_prefix('#').filter(|h| h.len() == 16) {
-        if let Ok(h) = u64::from_str_radix(hex, 16) {
-            return h;
-        }
-    }
-    let digest = key_of(key, false);
-    u64::from_str_radix(&digest[1..], 16).unwrap_or(0)
+/// A key as snapshots show it: hashed unless `plain`.
+#[cfg(test)]
+pub(crate) fn key_of(key: &str, plain: bool) -> String {
+    Key::new(key, plain).shown()
 }
 
 impl Ops {
-    fn kind(&self, name: &str) -> Arc<OpKind> {
-        let mut kinds = lock(&self.kinds);
-        Arc::clone(kinds.entry(name.to_owned()).or_insert_with(|| {
-            Arc::new(OpKind {
-                name: name.to_owned(),
-                recorder_name: recorder::intern(NameKind::Op, name, None),
-                grace: self.grace,
-                started: AtomicU64::new(0),
-                finished: AtomicU64::new(0),
-                slow_finished: AtomicU64::new(0),
-                state: Mutex::default(),
+    fn with_grace(grace: Duration) -> Ops {
+        Ops { id: REGISTRIES.fetch_add(1, Ordering::Relaxed), kinds: RwLock::default(), grace }
+    }
+
+    /// The kind `name`: from this thread's recent kinds (a pointer and a short string
+    /// comparison), else from the registry, created on first use.
+    fn kind(&self, name: &str) -> &'static OpKind {
+        let cached = LAST_KINDS
+            .with(|last| last.borrow().iter().find(|(id, k)| *id == self.id && k.name == name).map(|&(_, k)| k));
+        if let Some(kind) = cached {
+            return kind;
+        }
+        let known = self.kinds.read().unwrap_or_else(PoisonError::into_inner).get(name).copied();
+        let kind = known.unwrap_or_else(|| {
+            let mut kinds = self.kinds.write().unwrap_or_else(PoisonError::into_inner);
+            kinds.entry(name.to_owned()).or_insert_with(|| {
+                Box::leak(Box::new(OpKind {
+                    name: name.to_owned(),
+                    recorder_name: recorder::intern(NameKind::Op, name, None),
+                    grace: self.grace,
+                    started: AtomicU64::new(0),
+                    finished: AtomicU64::new(0),
+                    slow_finished: AtomicU64::new(0),
+                    state: Mutex::default(),
+                }))
             })
-        }))
+        });
+        LAST_KINDS.with(|last| {
+            let mut last = last.borrow_mut();
+            if last.len() >= 8 {
+                last.remove(0);
+            }
+            last.push((self.id, kind));
+        });
+        kind
     }
 
     /// Starts an operation; opens an overlap if one with the same key is in flight.
-    pub(crate) fn start(&self, kind: &str, key: String, epoch: u64) -> OpGuard {
+    pub(crate) fn start(&self, kind: &str, key: Key, epoch: u64) -> OpGuard {
         let kind = self.kind(kind);
         kind.started.fetch_add(1, Ordering::Relaxed);
-        recorder::record(RecordedKind::OpStart, kind.recorder_name, recorder::current_task(), key_hash(&key));
+        recorder::record(RecordedKind::OpStart, kind.recorder_name, recorder::current_task(), key.hash64());
         let mut state = lock(&kind.state);
         let now = Instant::now();
         let entry = state.per_key.entry(key.clone()).or_default();
@@ -179,7 +243,8 @@ impl Ops {
 
     /// Statistics of every kind, by name.
     pub(crate) fn stats(&self) -> Vec<OpStats> {
-        let kinds: Vec<Arc<OpKind>> = lock(&self.kinds).values().cloned().collect();
+        let kinds: Vec<&'static OpKind> =
+            self.kinds.read().unwrap_or_else(PoisonError::into_inner).values().copied().collect();
         let now = Instant::now();
         kinds.iter().map(|k| k.stats(now)).collect()
     }
@@ -192,7 +257,7 @@ impl OpKind {
             .overlaps
             .iter()
             .map(|(key, r)| Overlap {
-                key: key.clone(),
+                key: key.shown(),
                 max_in_flight: r.max_in_flight,
                 epochs: r.epochs.clone(),
                 longest_ms: r.longest.as_millis() as u64,
@@ -208,7 +273,8 @@ impl OpKind {
                 continue;
             }
             let full = overlaps.len() >= MAX_OVERLAPS;
-            match overlaps.iter_mut().find(|o| &o.key == key) {
+            let key = key.shown();
+            match overlaps.iter_mut().find(|o| o.key == key) {
                 Some(o) => {
                     o.max_in_flight = o.max_in_flight.max(max);
                     if !o.epochs.contains(&epoch) {
@@ -217,7 +283,7 @@ impl OpKind {
                     o.open_ms = Some(age.as_millis() as u64);
                 }
                 None if !full => overlaps.push(Overlap {
-                    key: key.clone(),
+                    key,
                     max_in_flight: max,
                     epochs: vec![epoch],
                     longest_ms: 0,
@@ -297,8 +363,7 @@ impl Drop for OpGuard {
             }
         }
         drop(state);
-        let key = key_hash(&r.key);
-        recorder::record(RecordedKind::OpEnd, self.kind.recorder_name, recorder::current_task(), key);
+        recorder::record(RecordedKind::OpEnd, self.kind.recorder_name, recorder::current_task(), r.key.hash64());
         self.kind.finished.fetch_add(1, Ordering::Relaxed);
         if r.budget.is_some_and(|b| r.born.elapsed() > b) {
             self.kind.slow_finished.fetch_add(1, Ordering::Relaxed);
@@ -310,16 +375,12 @@ impl Drop for OpGuard {
 mod tests {
     use super::*;
 
-    fn with_grace(grace: Duration) -> Ops {
-        Ops { kinds: Mutex::default(), grace }
-    }
-
     #[test]
     fn an_overlap_past_the_grace_is_recorded_even_if_it_is_gone_by_the_snapshot() {
-        let ops = with_grace(Duration::ZERO);
-        let first = ops.start("stream", key_of("session-1", false), 3);
-        let second = ops.start("stream", key_of("session-1", false), 3);
-        let _other = ops.start("stream", key_of("session-2", false), 3);
+        let ops = Ops::with_grace(Duration::ZERO);
+        let first = ops.start("stream", Key::new("session-1", false), 3);
+        let second = ops.start("stream", Key::new("session-1", false), 3);
+        let _other = ops.start("stream", Key::new("session-2", false), 3);
         std::thread::sleep(Duration::from_millis(2));
         drop(first);
         drop(second);
@@ -335,10 +396,10 @@ mod tests {
 
     #[test]
     fn an_overlap_within_the_grace_is_a_handover_and_an_open_one_past_it_is_reported_open() {
-        let ops = with_grace(Duration::from_secs(3600));
-        let old = ops.start("stream", "s".into(), 1);
+        let ops = Ops::with_grace(Duration::from_secs(3600));
+        let old = ops.start("stream", Key::new("s", true), 1);
         std::thread::sleep(Duration::from_millis(1));
-        let new = ops.start("stream", "s".into(), 1);
+        let new = ops.start("stream", Key::new("s", true), 1);
         drop(old);
         let stats = &ops.stats()[0];
         assert!(stats.overlaps.is_empty(), "{stats:?}");
@@ -347,11 +408,11 @@ mod tests {
 
         // Chained handovers (three in flight at once, the older two told to stop) are
         // handovers too.
-        let a = ops.start("stream", "u".into(), 3);
+        let a = ops.start("stream", Key::new("u", true), 3);
         std::thread::sleep(Duration::from_millis(1));
-        let b = ops.start("stream", "u".into(), 3);
+        let b = ops.start("stream", Key::new("u", true), 3);
         std::thread::sleep(Duration::from_millis(1));
-        let c = ops.start("stream", "u".into(), 3);
+        let c = ops.start("stream", Key::new("u", true), 3);
         drop(b);
         drop(a);
         assert!(ops.stats()[0].overlaps.is_empty());
@@ -359,17 +420,17 @@ mod tests {
         drop(c);
 
         // The new one ending first leaves the old one running: never a handover.
-        let old = ops.start("stream", "t".into(), 2);
+        let old = ops.start("stream", Key::new("t", true), 2);
         std::thread::sleep(Duration::from_millis(1));
-        drop(ops.start("stream", "t".into(), 2));
+        drop(ops.start("stream", Key::new("t", true), 2));
         let stats = &ops.stats()[0];
         assert_eq!(stats.overlaps.len(), 1, "{stats:?}");
         assert_eq!(stats.overlaps[0].epochs, vec![2]);
         drop(old);
 
-        let ops = with_grace(Duration::ZERO);
-        let _a = ops.start("stream", "s".into(), 4);
-        let _b = ops.start("stream", "s".into(), 4);
+        let ops = Ops::with_grace(Duration::ZERO);
+        let _a = ops.start("stream", Key::new("s", true), 4);
+        let _b = ops.start("stream", Key::new("s", true), 4);
         std::thread::sleep(Duration::from_millis(2));
         let stats = &ops.stats()[0];
         assert_eq!(stats.overlaps.len(), 1);
@@ -387,7 +448,7 @@ mod tests {
     #[test]
     fn an_operation_past_its_budget_is_slow() {
         let ops = Ops::default();
-        let op = ops.start("query", "k".into(), 0);
+        let op = ops.start("query", Key::new("k", true), 0);
         op.set_budget(Duration::ZERO);
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(ops.stats()[0].slow_in_flight, 1);

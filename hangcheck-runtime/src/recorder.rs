@@ -267,7 +267,7 @@ mod tests {
         for task in 1..=6 {
             record(RecordedKind::TaskSpawn, group, task, 3);
         }
-        record(RecordedKind::OpStart, op, 5, key_hash(&crate::ops::key_of("session-1", false)));
+        record(RecordedKind::OpStart, op, 5, key_hash("session-1"));
         record(RecordedKind::Counter, counter, 0, 7);
         record(RecordedKind::TaskEnd, group, 6, 0);
         let recorded = ring.read();
