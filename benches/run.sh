@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces the figures of docs/performance.md.
 #
-#   benches/run.sh            every benchmark
-#   benches/run.sh spawn      one of: spawn load snapshot stacks stall runner recorder chaos settle
+#   benches/run.sh                 every benchmark
+#   benches/run.sh spawn snapshot  the ones named, in that order; each of: spawn load
+#                                  snapshot stacks stall runner recorder chaos settle
 #
 # Builds the bench binary three ways, each in its own target directory (different
 # RUSTFLAGS would otherwise rebuild each other): stable; --cfg tokio_unstable (what
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 T=target/bench
 mkdir -p "$T"
 OUT="$T/results.jsonl"
-which="${1:-all}"
+if [ $# -eq 0 ]; then set -- all; fi
 
 build() { # dir rustflags extra-args...
     local dir=$1 flags=$2
@@ -25,14 +26,24 @@ STABLE=$T/stable/release/hangcheck-bench
 UNSTABLE=$T/unstable/release/hangcheck-bench
 CONSOLE=$T/console/release/hangcheck-bench
 DEBUG=$T/debug/debug/hangcheck-bench
-# Every benchmark but `runner` (which builds what it runs itself) needs these.
-build_all() {
-    echo "building the bench binary (stable, tokio_unstable, console-subscriber)..." >&2
-    build stable "" --release
-    build unstable "--cfg tokio_unstable" --release
-    build console "--cfg tokio_unstable" --release --features console
-    # Servers under test are usually debug builds: stack symbolisation is measured there too.
-    build debug ""
+# needs BUILD... : builds what a benchmark runs (`runner`, `chaos` and `settle` build their
+# own), each build once however many benchmarks are named: stable; unstable
+# (tokio_unstable); console (tokio_unstable with console-subscriber); debug (servers under
+# test are usually debug builds: stack symbolisation is measured there too).
+built=" "
+needs() {
+    local b
+    for b in "$@"; do
+        case "$built" in *" $b "*) continue ;; esac
+        built="$built$b "
+        echo "building the bench binary ($b)..." >&2
+        case "$b" in
+        stable) build stable "" --release ;;
+        unstable) build unstable "--cfg tokio_unstable" --release ;;
+        console) build console "--cfg tokio_unstable" --release --features console ;;
+        debug) build debug "" ;;
+        esac
+    done
 }
 
 machine() {
@@ -327,28 +338,32 @@ for i, t in enumerate(runs[0]["tests"]):
 PY
 }
 
+usage="usage: benches/run.sh [BENCHMARK...], each one of: spawn load snapshot stacks stall runner recorder chaos settle all"
+# Every name is checked before anything runs: a typo must not cost the benchmarks before it.
+for which in "$@"; do
+    case "$which" in
+    spawn | load | snapshot | stacks | stall | runner | recorder | chaos | settle | all) ;;
+    *)
+        echo "$usage" >&2
+        exit 2
+        ;;
+    esac
+done
 : >"$OUT"
 machine
-case "$which" in
-runner) run_runner ;;
-chaos) run_chaos ;;
-settle) run_settle ;;
-recorder)
-    echo "building the bench binary (stable, tokio_unstable)..." >&2
-    build stable "" --release
-    build unstable "--cfg tokio_unstable" --release
-    run_recorder
-    ;;
-spawn | load | snapshot | stacks | stall)
-    build_all
-    "run_$which"
-    ;;
-all)
-    build_all
-    for b in spawn load snapshot stacks stall runner recorder; do "run_$b"; done
-    ;;
-*)
-    echo "usage: benches/run.sh [spawn|load|snapshot|stacks|stall|runner|recorder|chaos|settle|all]" >&2
-    exit 2
-    ;;
-esac
+for which in "$@"; do
+    case "$which" in
+    runner) run_runner ;;
+    chaos) run_chaos ;;
+    settle) run_settle ;;
+    recorder) needs stable unstable && run_recorder ;;
+    spawn | load) needs stable unstable console && "run_$which" ;;
+    snapshot) needs unstable && run_snapshot ;;
+    stacks) needs stable debug && run_stacks ;;
+    stall) needs stable unstable debug && run_stall ;;
+    all)
+        needs stable unstable console debug
+        for b in spawn load snapshot stacks stall runner recorder; do "run_$b"; done
+        ;;
+    esac
+done
