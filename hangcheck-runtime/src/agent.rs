@@ -137,7 +137,8 @@ impl Agent {
                 let budget = budget.unwrap_or(StacksBudget::DEFAULT);
                 let runtimes = crate::runtimes::handles();
                 let spawn = |handle: &Handle, task: taskdump::OwnTask| self.spawn_own(handle, task);
-                stacks.tasks = Some(taskdump::dump(&runtimes, self.watchdog.stuck(), budget, describe_task, &spawn));
+                let stuck = |handle: &Handle| self.watchdog.stuck(handle.id());
+                stacks.tasks = Some(taskdump::dump(&runtimes, &stuck, budget, describe_task, &spawn));
                 fit(&mut stacks);
                 AgentMessage::Stacks { id, stacks }
             }

@@ -43,12 +43,15 @@ pub(crate) type OwnTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// (it is no task of the server's, and one a blocked runtime never runs would look leaked).
 pub(crate) type SpawnOwn<'a> = &'a dyn Fn(&Handle, OwnTask);
 
+/// Why a runtime looks frozen, if it does (the watchdog's stuck workers of that runtime).
+pub(crate) type Stuck<'a> = &'a dyn Fn(&Handle) -> Option<String>;
+
 /// Dumps the tasks of every runtime in `runtimes` (name, handle) within `budget`, or says
-/// why not. `stuck` is the watchdog's reason to skip multi-thread runtimes; `describe`
+/// why not. `stuck` gives the watchdog's reason to skip a multi-thread runtime; `describe`
 /// names each task dumped; `spawn` puts the dump task onto a current-thread runtime.
 pub(crate) fn dump(
     runtimes: &[(String, Handle)],
-    stuck: Option<String>,
+    stuck: Stuck<'_>,
     budget: StacksBudget,
     describe: Describe,
     spawn: SpawnOwn<'_>,
@@ -141,7 +144,7 @@ mod imp {
 
     use tokio::runtime::{Dump, Handle, Id, RuntimeFlavor};
 
-    use super::{Describe, Limits, SpawnOwn};
+    use super::{Describe, Limits, SpawnOwn, Stuck};
     use crate::protocol::TaskDump;
 
     /// Runtimes with a dump under way: a multi-thread dump still finishing in the
@@ -228,7 +231,7 @@ mod imp {
 
     pub(super) fn dump(
         runtimes: &[(String, Handle)],
-        stuck: Option<String>,
+        stuck: Stuck<'_>,
         limits: Limits,
         describe: Describe,
         spawn: SpawnOwn<'_>,
@@ -241,10 +244,10 @@ mod imp {
             .iter()
             .map(|(name, handle)| {
                 let current = handle.runtime_flavor() == RuntimeFlavor::CurrentThread;
-                let started = match (&stuck, current) {
-                    (_, true) => from_inside(handle, spawn),
-                    (Some(reason), false) => Err(format!("{reason}; a dump needs every worker and would not finish")),
-                    (None, false) => from_outside(handle),
+                let started = match (current, stuck(handle)) {
+                    (true, _) => from_inside(handle, spawn),
+                    (false, Some(reason)) => Err(format!("{reason}; a dump needs every worker and would not finish")),
+                    (false, None) => from_outside(handle),
                 };
                 (name.as_str(), current, started)
             })
@@ -296,12 +299,12 @@ mod imp {
 mod imp {
     use tokio::runtime::Handle;
 
-    use super::{Describe, Limits, SpawnOwn};
+    use super::{Describe, Limits, SpawnOwn, Stuck};
     use crate::protocol::TaskDump;
 
     pub(super) fn dump(
         _: &[(String, Handle)],
-        _: Option<String>,
+        _: Stuck<'_>,
         _: Limits,
         _: Describe,
         _: SpawnOwn<'_>,

@@ -25,6 +25,9 @@ pub(crate) const DEFAULT_THRESHOLD: Duration = Duration::from_millis(250);
 /// One worker thread's state.
 struct Worker {
     tid: i32,
+    /// The runtime it works for, when it was known as the slot was made: a stuck worker
+    /// stops only its own runtime's task dump.
+    runtime: Option<tokio::runtime::Id>,
     /// Nanoseconds since [`anchor`] plus one when it became busy; 0 while idle.
     busy_since: AtomicU64,
     /// Counts busy periods, so each stuck poll is reported once.
@@ -67,6 +70,7 @@ fn register() -> &'static Worker {
     // leaked rather than reference-counted on every poll.
     let w: &'static Worker = Box::leak(Box::new(Worker {
         tid: stacks::current_tid(),
+        runtime: tokio::runtime::Handle::try_current().ok().map(|h| h.id()),
         busy_since: AtomicU64::new(0),
         seq: AtomicU64::new(0),
         reported_seq: AtomicU64::new(0),
@@ -166,12 +170,13 @@ impl Watchdog {
         self.stalls.load(Ordering::Relaxed)
     }
 
-    /// Why the runtime looks frozen, if a worker has been in one poll for longer than
-    /// the threshold (250 ms when the watchdog is off: tokio's own limit for dumps).
-    pub(crate) fn stuck(&self) -> Option<String> {
+    /// Why the runtime `runtime` looks frozen, if one of its workers (or one whose runtime
+    /// is unknown) has been in one poll for longer than the threshold (250 ms when the
+    /// watchdog is off: tokio's own limit for dumps).
+    pub(crate) fn stuck(&self, runtime: tokio::runtime::Id) -> Option<String> {
         let threshold = self.threshold.unwrap_or(DEFAULT_THRESHOLD).as_nanos() as u64;
         let workers: Vec<&'static Worker> = WORKERS.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        workers.iter().find_map(|w| {
+        workers.iter().filter(|w| w.runtime.is_none_or(|r| r == runtime)).find_map(|w| {
             let since = w.busy_since.load(Ordering::Acquire);
             let busy = now_ns().saturating_sub(since);
             (since != 0 && busy >= threshold)

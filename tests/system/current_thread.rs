@@ -87,7 +87,19 @@ fn a_clean_test_on_current_thread_runtimes_raises_nothing() {
 #[test]
 fn a_blocked_current_thread_runtime_is_named_and_never_waited_on() {
     let mark = marker("current-thread-blocked");
-    let run = hangcheck_test(&["-p", "current-thread", "--server-env", &mark, "blocked_"]);
+    // With a multi-thread runtime beside them, and a stall threshold the frozen thread
+    // passes: a stuck thread stops only its own runtime's dump.
+    let run = hangcheck_test(&[
+        "-p",
+        "current-thread",
+        "--server-env",
+        "CURRENT_THREAD_POOL=1",
+        "--stall-threshold",
+        "1s",
+        "--server-env",
+        &mark,
+        "blocked_",
+    ]);
     assert_eq!(run.code, HANG, "{run}");
     let report = run.report();
     let (_, text) = hung_stacks(&report, "e2e::blocked_freeze_the_second");
@@ -100,6 +112,9 @@ fn a_blocked_current_thread_runtime_is_named_and_never_waited_on() {
         "{text}"
     );
     assert!(text.contains("of group conn spawned at tests/fixtures/current-thread/src/main.rs:"), "{text}");
+    // The multi-thread runtime's request, waiting for a message, is there: the frozen
+    // thread is no worker of that runtime.
+    assert!(text.contains("current_thread::next_message") && !text.contains("a dump needs every worker"), "{text}");
     // The frozen thread is named on screen, in the server's function that blocks it.
     let hang = &run.stdout[run.stdout.find("HANG").unwrap_or_else(|| panic!("no HANG line\n{run}"))..];
     assert!(hang.contains("thread \"listener-2\"") && hang.contains("in current_thread::freeze"), "{run}");
