@@ -72,6 +72,13 @@ impl Waiting {
     pub fn on_a_lock(&self) -> bool {
         self.on.as_deref().is_some_and(|on| ["Mutex", "RwLock", "Semaphore", "Acquire"].iter().any(|l| on.contains(l)))
     }
+
+    /// Whether the tasks wait to read or accept from a socket or a file: what an idle
+    /// connection does. Every hang of a connection server has such tasks; the wait that
+    /// explains a hang is more often on the server's own synchronisation.
+    pub fn on_io(&self) -> bool {
+        self.on.as_deref().is_some_and(|on| on.starts_with("tokio::io::") || on.starts_with("tokio::net::"))
+    }
 }
 
 /// One frame of tokio's rendered await tree: `╼ function at file:line:column`.
@@ -137,7 +144,8 @@ pub fn in_trace(trace: &str, root: &str) -> Waiting {
     }
 }
 
-/// Tasks grouped by where they wait, most first: `traces` are (count, await tree) pairs,
+/// Tasks grouped by where they wait: waits on anything but I/O first (see
+/// [`Waiting::on_io`]), most first within each; `traces` are (count, await tree) pairs,
 /// already grouped by identical trace on the agent's side; traces that differ only
 /// outside the server's own frame and leaf fold together here.
 pub fn summarize<'a>(traces: impl IntoIterator<Item = (u64, &'a str)>, root: &str) -> Vec<Waiting> {
@@ -152,7 +160,7 @@ pub fn summarize<'a>(traces: impl IntoIterator<Item = (u64, &'a str)>, root: &st
         .into_iter()
         .map(|((function, location, on), count)| Waiting { count, function, location, on })
         .collect();
-    out.sort_by_key(|w| std::cmp::Reverse(w.count));
+    out.sort_by_key(|w| (w.on_io(), std::cmp::Reverse(w.count)));
     out
 }
 
@@ -248,6 +256,17 @@ mod tests {
         assert_eq!(summary[0].count, 5);
         assert_eq!(summary[0].on.as_deref(), Some("tokio::sync::mutex::Mutex::lock"));
         assert!(summary[0].on_a_lock());
+    }
+
+    #[test]
+    fn an_idle_connections_read_comes_after_the_wait_that_explains_a_hang() {
+        let read = "╼ chat::serve at /w/src/main.rs:31:5
+  └╼ tokio::io::util::lines::Lines<R>::next_line at /root/.cargo/registry/src/tokio/src/io/util/lines.rs:1:1";
+        let notified = "╼ chat::serve at /w/src/main.rs:49:5
+  └╼ tokio::sync::notify::Notified::poll at /root/.cargo/registry/src/tokio/src/sync/notify.rs:1:1";
+        let summary = summarize([(3, read), (1, notified)], "/w");
+        assert_eq!(summary[0].on.as_deref(), Some("tokio::sync::notify::Notified"), "{summary:?}");
+        assert!(summary[1].on_io() && !summary[0].on_io());
     }
 
     #[test]
