@@ -102,9 +102,13 @@ pub fn serve_snapshot(link: &mut AgentLink, previous: &mut Snapshot, run_dir: &R
     };
     let n = SNAPSHOTS.fetch_add(1, Ordering::Relaxed) + 1;
     let text = crate::report::delta::render(n, previous, &snapshot);
-    print!("{text}");
     *previous = snapshot;
-    match run_dir.write_durable(format!("ondemand/snapshot-{n}.txt"), text.as_bytes()) {
+    // On disk before on screen: `cargo hangcheck snapshot` takes the first file that was
+    // not there when it asked, so a snapshot already shown must already be listed, or a
+    // request made right after it would take it for its own answer.
+    let written = run_dir.write_durable(format!("ondemand/snapshot-{n}.txt"), text.as_bytes());
+    print!("{text}");
+    match written {
         Ok(path) => Some(path),
         Err(e) => {
             terminal::warn(format!("cannot write the snapshot: {e}"));
