@@ -93,6 +93,8 @@ fn prepare_and_run(args: &TestArgs, reporters: &mut Reporters) -> (Result<(), Se
         root,
         stall_count: 0,
         evidence_left: u32::MAX,
+        judged: Judged::default(),
+        since: 0,
     };
     if run.config.rounds.repeating() {
         run.evidence_left = EVIDENCE_ROUNDS;
@@ -137,6 +139,52 @@ struct Run<'r> {
     stall_count: usize,
     /// How many more hung tests get evidence: all without rounds, [`EVIDENCE_ROUNDS`] with.
     evidence_left: u32,
+    /// With `--fresh-server`, the leaks of the rounds whose servers are judged and gone.
+    judged: Judged,
+    /// Where the running server's tests begin in `tests`.
+    since: usize,
+}
+
+/// The run's steps, for the order [`crate::rounds::run`] takes them in.
+impl crate::rounds::Steps for Run<'_> {
+    fn emit(&mut self, event: Event<'_>) {
+        self.reporters.emit(event);
+    }
+
+    fn interrupted(&self) -> bool {
+        self.signals.interrupted()
+    }
+
+    fn tests_so_far(&self) -> usize {
+        self.tests.len()
+    }
+
+    fn stalls_so_far(&self) -> usize {
+        self.stall_count
+    }
+
+    fn plan(&mut self, order: &[TestCase], run_ignored: crate::cli::RunIgnored) {
+        // Only what runs: a skipped trial in a plan would be started out of turn.
+        self.harnesses.plan(order.iter().filter(|c| suite::runs(c, run_ignored)), &self.signals);
+    }
+
+    fn run_one(&mut self, case: &TestCase, epoch: u64) -> Result<bool, SetupError> {
+        Run::run_one(self, case, epoch)
+    }
+
+    fn skip(&mut self, case: &TestCase, epoch: u64) {
+        Run::skip(self, case, epoch)
+    }
+
+    fn end_round_server(&mut self, round: u32) -> Result<bool, SetupError> {
+        Run::end_round_server(self, round)
+    }
+
+    fn start_round_server(&mut self, round: u32) -> Result<(), SetupError> {
+        self.start_server(&format!("rounds/{round}/server.log"))?;
+        self.since = self.tests.len();
+        Ok(())
+    }
 }
 
 /// With rounds, the hangs whose evidence is written: the first few tell where it waits,
@@ -162,63 +210,8 @@ impl Run<'_> {
         self.start_server("server.log")?;
 
         let plan = self.config.rounds.clone();
-        let started = std::time::Instant::now();
-        // With `--fresh-server`, each round's leaks, judged before its server stops.
-        let mut judged = Judged::default();
-        // Where the running server's tests begin in `self.tests`.
-        let mut since = 0;
-        let mut round = 0;
-        'rounds: loop {
-            round += 1;
-            let mut order = cases.clone();
-            if plan.repeating() {
-                order.iter_mut().for_each(|c| c.round = round);
-                if let Some(seed) = plan.shuffle {
-                    crate::rounds::shuffle(&mut order, seed, round);
-                }
-                let fresh_server = plan.fresh_server;
-                self.reporters.emit(Event::Round { round, seed: plan.shuffle, chaos: plan.chaos, fresh_server });
-            }
-            // Only what runs: a skipped trial in a plan would be started out of turn.
-            let run_ignored = self.config.run_ignored;
-            self.harnesses.plan(order.iter().filter(|c| suite::runs(c, run_ignored)), &self.signals);
-            let stalls_before = self.stall_count;
-            for case in &order {
-                if self.signals.interrupted() {
-                    break 'rounds;
-                }
-                let epoch = self.tests.len() as u64 + 1;
-                let passed = if suite::runs(case, self.config.run_ignored) {
-                    self.run_one(case, epoch)?
-                } else {
-                    self.skip(case, epoch);
-                    true
-                };
-                if self.config.fail_fast && !passed {
-                    self.reporters.emit(Event::Warning { message: "stopping at the first failure (--fail-fast)" });
-                    break 'rounds;
-                }
-                if plan.until_fail && (!passed || self.stall_count > stalls_before) {
-                    self.reporters
-                        .emit(Event::Warning { message: "stopping at the first failed round (--until-fail)" });
-                    break 'rounds;
-                }
-            }
-            if !plan.another(round, started) {
-                break;
-            }
-            if plan.fresh_server {
-                let hung = self.end_round_server(round, since, &mut judged)?;
-                if plan.until_fail && hung {
-                    self.reporters.emit(Event::Warning {
-                        message: "stopping at the first failed round (--until-fail): its server's shutdown hung",
-                    });
-                    break;
-                }
-                self.start_server(&format!("rounds/{}/server.log", round + 1))?;
-                since = self.tests.len();
-            }
-        }
+        let policy = crate::rounds::Policy { run_ignored: self.config.run_ignored, fail_fast: self.config.fail_fast };
+        let round = crate::rounds::run(self, &cases, &plan, policy)?;
         self.harnesses.finish(&self.signals);
         if self.signals.interrupted() {
             return Ok(());
@@ -229,10 +222,10 @@ impl Run<'_> {
             let vars: Vec<String> = env.into_iter().map(|(k, _)| k).collect();
             return Err(SetupError::Unwatched(watched::none_reached(&vars)));
         }
-        let Judged { mut leaks, mut concurrent } = judged;
+        let Judged { mut leaks, mut concurrent } = std::mem::take(&mut self.judged);
         // Unless the last round's server is already judged and gone (`--until-fail`).
         if self.server.is_some() {
-            let (more, also) = self.judge(since, plan.fresh_server.then_some(round))?;
+            let (more, also) = self.judge(self.since, plan.fresh_server.then_some(round))?;
             leaks.extend(more);
             concurrent.extend(also);
         }
@@ -271,14 +264,14 @@ impl Run<'_> {
     }
 
     /// `--fresh-server` between rounds: judges round `round`'s leaks (its tests are
-    /// `self.tests[since..]`) against its server's baseline, and stops that server as the
+    /// `self.tests[self.since..]`) against its server's baseline, and stops that server as the
     /// end of a run does (a shutdown hang is a hang, with its evidence). Says whether the
     /// shutdown hung.
-    fn end_round_server(&mut self, round: u32, since: usize, judged: &mut Judged) -> Result<bool, SetupError> {
+    fn end_round_server(&mut self, round: u32) -> Result<bool, SetupError> {
         self.harnesses.finish(&self.signals);
-        let (leaks, concurrent) = self.judge(since, Some(round))?;
-        judged.leaks.extend(leaks);
-        judged.concurrent.extend(concurrent);
+        let (leaks, concurrent) = self.judge(self.since, Some(round))?;
+        self.judged.leaks.extend(leaks);
+        self.judged.concurrent.extend(concurrent);
         let hung = self.stop_server(&format!("rounds/{round}/shutdown"));
         self.server = None;
         let after = format!("round {round}'s server");
