@@ -110,17 +110,20 @@ impl Harnesses {
             },
         };
         let log = running.log.clone();
-        let started = Instant::now();
-        let done = |outcome, evidence| TestRun {
+        // A trial's duration counts from `since`: its `go` once given, its wait for the
+        // harness's `start` until then.
+        let ended = |since: Instant, outcome, evidence| TestRun {
             outcome,
-            duration: started.elapsed(),
+            duration: since.elapsed(),
             log: log.clone(),
             evidence,
             panic: None,
         };
+        let waiting = Instant::now();
+        let done = |outcome, evidence| ended(waiting, outcome, evidence);
 
         // The harness announces the trial and waits; the epoch is already set.
-        match running.hear(started + cx.config.test_timeout, cx.signals, probe) {
+        match running.hear(waiting + cx.config.test_timeout, cx.signals, probe) {
             Heard::Message(TrialMessage::Start { name }) if name == case.name => {}
             Heard::Interrupted => return done(Outcome::Interrupted, Vec::new()),
             other => {
@@ -133,13 +136,7 @@ impl Harnesses {
             return done(Outcome::Failed(format!("the harness went away before the trial: {e}")), Vec::new());
         }
         let started = Instant::now();
-        let done = |outcome, evidence| TestRun {
-            outcome,
-            duration: started.elapsed(),
-            log: log.clone(),
-            evidence,
-            panic: None,
-        };
+        let done = |outcome, evidence| ended(started, outcome, evidence);
         let run = match running.hear(started + cx.config.test_timeout, cx.signals, probe) {
             Heard::Message(TrialMessage::End { name, outcome: TrialOutcome::Failed }) if name == case.name => {
                 self.running = Some(running);
