@@ -192,7 +192,6 @@ mod tests {
     /// written down, every event goes to a reporter that writes it down too.
     mod order {
         use std::cell::RefCell;
-        use std::path::PathBuf;
         use std::rc::Rc;
 
         use super::super::*;
@@ -301,16 +300,13 @@ mod tests {
             }
         }
 
+        /// Tests named `names`; a leading `!` marks one `#[ignore]`d.
         fn cases(names: &[&str]) -> Vec<TestCase> {
             names
                 .iter()
                 .map(|n| TestCase {
-                    target: "e2e".into(),
-                    name: n.trim_start_matches('!').into(),
-                    exe: PathBuf::from("/nowhere"),
-                    in_process: false,
-                    round: 0,
                     ignored: n.starts_with('!'),
+                    ..crate::report::timeline::tests::case(n.trim_start_matches('!'))
                 })
                 .collect()
         }

@@ -369,32 +369,8 @@ impl Run<'_> {
     fn run_warmup(&mut self, case: &TestCase) -> Result<(), SetupError> {
         let id = case.id();
         self.take_events(None);
-        let server = self.server.as_mut().expect("the server is started before the warmup");
-        let env = server.env_of_a_test()?;
-        let mut probe = ServerProbe {
-            server,
-            run_dir: &self.run_dir,
-            signals: &self.signals,
-            reporters: self.reporters,
-            stacks_source: None,
-            before: Snapshot::default(),
-            last_asked: Snapshot::default(),
-            root: &self.root,
-            epoch: 0,
-            found: Found::default(),
-            evidence_left: &mut self.evidence_left,
-        };
-        let cx = harness::Context { config: &self.config, env: &env, run_dir: &self.run_dir, signals: &self.signals };
-        let run = if case.in_process {
-            self.harnesses.plan([case], &self.signals);
-            self.harnesses.run(case, &cx, &mut probe)
-        } else {
-            suite::run(case, &self.config, &env, &self.run_dir, &self.signals, &mut probe)
-        };
-        let harness = self.harnesses.running();
-        let children: Vec<u32> = std::iter::once(server.child.pid()).chain(harness.map(|(pid, _)| pid)).collect();
-        let found = leftovers::find(&children, |who| who == id || harness.is_some_and(|(_, by)| who == by));
-        self.end_leftovers(found, &id, &format!("after-warmup-{id}"));
+        self.harnesses.plan([case], &self.signals);
+        let (run, ..) = self.exercise(case, 0, Snapshot::default(), 1, &format!("after-warmup-{id}"))?;
         self.check_server_alive(&id)?;
         self.take_events(None);
         self.reporters.emit(Event::Warmup { case, run: &run });
@@ -455,41 +431,13 @@ impl Run<'_> {
             .set_epoch(epoch, SNAPSHOT_TIMEOUT)
             .map_err(|e| server.failure(format!("the agent stopped answering before {id}: {e}")))?;
         self.reporters.emit(Event::TestStarted { case, epoch });
-        let server = self.server.as_mut().expect("the server is started before any test");
-        let env = server.env_of_a_test()?;
+        let server = self.server.as_ref().expect("the server is started before any test");
         let ports: Vec<u16> =
             server.addrs.values().filter_map(|a| a.parse::<std::net::SocketAddr>().ok()).map(|a| a.port()).collect();
         let connections_before = watched::tcp_connections(&ports);
-        let last_asked = self.last.clone().unwrap_or_default();
-        let mut probe = ServerProbe {
-            server,
-            run_dir: &self.run_dir,
-            signals: &self.signals,
-            reporters: self.reporters,
-            stacks_source: None,
-            before: last_asked.clone(),
-            last_asked,
-            root: &self.root,
-            epoch,
-            found: Found::default(),
-            evidence_left: &mut self.evidence_left,
-        };
-        let cx = harness::Context { config: &self.config, env: &env, run_dir: &self.run_dir, signals: &self.signals };
-        let run = if self.config.stress > 1 {
-            crate::copies::run(case, self.config.stress, &cx, &mut probe)
-        } else if case.in_process {
-            self.harnesses.run(case, &cx, &mut probe)
-        } else {
-            suite::run(case, &self.config, &env, &self.run_dir, &self.signals, &mut probe)
-        };
-        let stacks_source = probe.stacks_source;
-        let hang_found = std::mem::take(&mut probe.found);
-        // A harness process lives on between its trials; what it detached belongs to
-        // the trial just run.
-        let harness = self.harnesses.running();
-        let children: Vec<u32> = std::iter::once(server.child.pid()).chain(harness.map(|(pid, _)| pid)).collect();
-        let found = leftovers::find(&children, |who| who == id || harness.is_some_and(|(_, by)| who == by));
-        self.end_leftovers(found, &id, &format!("after-{id}"));
+        let before = self.last.clone().unwrap_or_default();
+        let (run, stacks_source, hang_found) =
+            self.exercise(case, epoch, before, self.config.stress, &format!("after-{id}"))?;
         self.take_events(Some(&id));
         let mut record = TestRecord {
             case: case.clone(),
@@ -518,6 +466,53 @@ impl Run<'_> {
         let passed = record.run.outcome == Outcome::Passed;
         self.tests.push(record);
         outcome.map(|()| passed)
+    }
+
+    /// Runs `case` (in `copies` at once with `--stress`) against the server in `epoch`,
+    /// serving on-demand requests while it runs and writing the server's evidence if it
+    /// hangs; then ends the processes it left behind (reported under `leftovers`).
+    /// `before` is the settled snapshot the test starts from.
+    fn exercise(
+        &mut self,
+        case: &TestCase,
+        epoch: u64,
+        before: Snapshot,
+        copies: u32,
+        leftovers: &str,
+    ) -> Result<(suite::TestRun, Option<hangcheck_runtime::protocol::StackSource>, Found), SetupError> {
+        let id = case.id();
+        let server = self.server.as_mut().expect("the server is started before any test");
+        let env = server.env_of_a_test()?;
+        let mut probe = ServerProbe {
+            server,
+            run_dir: &self.run_dir,
+            signals: &self.signals,
+            reporters: self.reporters,
+            stacks_source: None,
+            last_asked: before.clone(),
+            before,
+            root: &self.root,
+            epoch,
+            found: Found::default(),
+            evidence_left: &mut self.evidence_left,
+        };
+        let cx = harness::Context { config: &self.config, env: &env, run_dir: &self.run_dir, signals: &self.signals };
+        let run = if copies > 1 {
+            crate::copies::run(case, copies, &cx, &mut probe)
+        } else if case.in_process {
+            self.harnesses.run(case, &cx, &mut probe)
+        } else {
+            suite::run(case, &self.config, &env, &self.run_dir, &self.signals, &mut probe)
+        };
+        let stacks_source = probe.stacks_source;
+        let found = std::mem::take(&mut probe.found);
+        // A harness process lives on between its trials; what it detached belongs to
+        // the trial just run.
+        let harness = self.harnesses.running();
+        let children: Vec<u32> = std::iter::once(server.child.pid()).chain(harness.map(|(pid, _)| pid)).collect();
+        let left = leftovers::find(&children, |who| who == id || harness.is_some_and(|(_, by)| who == by));
+        self.end_leftovers(left, &id, leftovers);
+        Ok((run, stacks_source, found))
     }
 
     /// Checks the server after a test and takes its settled snapshot.

@@ -208,18 +208,11 @@ mod tests {
 
     use super::*;
     use crate::report::{Reporter, ShutdownEntry, TestOutcome, TestRecord};
-    use crate::suite::{Outcome, TestCase, TestRun};
+    use crate::suite::{Outcome, TestRun};
 
     fn record(name: &str, epoch: u64, outcome: Outcome) -> TestRecord {
         TestRecord {
-            case: TestCase {
-                target: "e2e".into(),
-                name: name.into(),
-                exe: "t".into(),
-                in_process: false,
-                ignored: false,
-                round: 0,
-            },
+            case: crate::report::timeline::tests::case(name),
             epoch,
             run: TestRun {
                 outcome,
